@@ -1,0 +1,33 @@
+# Thin wrappers. `make book` and `make test` work on a fresh clone: the first target
+# that needs the environment creates .venv, installs requirements.txt + the library
+# (editable) and registers the project's Jupyter kernel "vitreg" inside it.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv book test lint bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -e .
+	$(PY) -m ipykernel install --sys-prefix --name vitreg --display-name "Python (vitreg)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	$(PY) tools/build_book.py --mode full
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) tools/bench.py
+
+clean:
+	rm -rf _build
