@@ -1,0 +1,29 @@
+"""Shared tiny models: random timm ViTs small enough for a unit test."""
+
+import pytest
+import torch
+
+from vitreg_lib.models import LoadedModel, ModelSpec, build_vit
+
+
+def tiny(registers: int = 2, cls_token: bool = True, img_size: int = 16, depth: int = 3,
+         seed: int = 0) -> LoadedModel:
+    torch.manual_seed(seed)
+    arch = dict(img_size=img_size, patch_size=4, embed_dim=32, depth=depth, num_heads=2,
+                num_classes=3, reg_tokens=registers, class_token=cls_token,
+                global_pool="token" if cls_token else "avg")
+    model = build_vit(arch).eval()
+    spec = ModelSpec(f"tiny_r{registers}", "mini", "", "test", registers=registers,
+                     cls_token=cls_token, img_size=img_size)
+    return LoadedModel(spec, model, (0.5,) * 3, (0.5,) * 3, img_size)
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny()
+
+
+@pytest.fixture
+def images():
+    torch.manual_seed(1)
+    return torch.randn(5, 3, 16, 16)

@@ -1,0 +1,99 @@
+import json
+import warnings
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from vitreg_lib import models
+from vitreg_lib.models import ModelUnavailableError, TokenLayout, get_spec, load_model, preprocess
+
+
+def test_registry_covers_the_paper_families():
+    names = models.model_names("pretrained")
+    for letter in "sblg":
+        assert f"dinov2_{letter}" in names and f"dinov2_{letter}_reg" in names
+    assert {"deit3_s", "deit3_b", "openclip_b16", "dino_b16", "mae_b16"} <= set(names)
+    assert get_spec("dinov2_l_reg").source == "vit_large_patch14_reg4_dinov2.lvd142m"
+    for name in names:  # every hub name is one timm knows
+        assert timm.models.get_pretrained_cfg(get_spec(name).source) is not None, name
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(KeyError, match="Valid names: .*dinov2_s"):
+        load_model("dinov3_s")
+
+
+def test_token_layout():
+    lay = TokenLayout(num_cls=1, num_registers=4, grid=(16, 16), patch_size=14)
+    assert (lay.num_prefix, lay.num_patches, lay.num_tokens) == (5, 256, 261)
+    assert lay.register_slice == slice(1, 5) and lay.patch_slice == slice(5, 261)
+    parts = lay.split(torch.arange(261).view(1, 261, 1))
+    assert parts["cls"].item() == 0 and parts["registers"].flatten().tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="Expected 261 tokens"):
+        lay.split(torch.zeros(1, 200, 1))
+
+
+def test_pretrained_loading_path_with_local_safetensors(tmp_path):
+    """The hub path, fed a local file in the hub's format (random weights)."""
+    torch.manual_seed(0)
+    src = timm.create_model("vit_small_patch14_reg4_dinov2.lvd142m", pretrained=False)
+    path = tmp_path / "model.safetensors"
+    save_file(src.state_dict(), str(path))
+    lm = load_model("dinov2_s_reg", weights=path)
+    assert lm.layout() == TokenLayout(1, 4, (16, 16), 14)
+    got = lm.model.state_dict()
+    for k, v in src.state_dict().items():
+        if k != "pos_embed":  # resampled from 37x37 to the 16x16 analysis grid
+            torch.testing.assert_close(got[k], v)
+    assert got["pos_embed"].shape == (1, 256, 384)
+    assert lm.mean == (0.485, 0.456, 0.406)
+    (tmp_path / "x.bin").write_text("")
+    with pytest.raises(ValueError, match="only .safetensors"):
+        load_model("dinov2_s_reg", weights=tmp_path / "x.bin")
+
+
+def test_hub_unreachable_is_a_clear_error_not_a_swap(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match="needs network access .* mini tier"):
+        load_model("dinov2_s")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ModelUnavailableError, match="unreachable"):
+        load_model("deit3_s")
+
+
+def test_missing_mini_checkpoint(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "ASSETS", tmp_path)
+    with pytest.raises(ModelUnavailableError, match="python -m vitreg_lib.train --preset mini_reg0"):
+        load_model("mini_reg0")
+
+
+def test_mini_models_load_from_bundled_safetensors():
+    for name in models.model_names("mini"):
+        lm = load_model(name)
+        cfg = json.loads((models.mini_dir(lm.spec) / "config.json").read_text())
+        assert lm.layout().num_registers == get_spec(name).registers == cfg["arch"]["reg_tokens"]
+        assert (models.mini_dir(lm.spec) / "model.safetensors").stat().st_size <= 12_000_000
+        x = lm.preprocess(Image.new("RGB", (40, 32), "white"))
+        assert lm.model(x).shape == (1, cfg["arch"]["num_classes"])
+
+
+def test_preprocess_modes_sizes_and_errors():
+    mean, std = (0.5,) * 3, (0.5,) * 3
+    grey = Image.new("L", (50, 30), 128)
+    with pytest.warns(UserWarning, match="mode 'L'; converted to RGB"):
+        x = preprocess(grey, 16, mean, std, 4)
+    assert x.shape == (1, 3, 16, 16)  # shorter side resized, centre-cropped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert preprocess(Image.new("RGB", (33, 47)), 32, mean, std, 4).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="smaller than one"):
+        preprocess(Image.new("RGB", (3, 40)), 16, mean, std, 4)
+    with pytest.raises(ValueError, match="not a multiple of the patch"):
+        preprocess(Image.new("RGB", (40, 40)), 18, mean, std, 4)
+    with pytest.raises(TypeError, match="expected a PIL.Image"):
+        preprocess([torch.zeros(3, 8, 8)], 16, mean, std, 4)

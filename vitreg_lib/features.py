@@ -1,0 +1,239 @@
+"""One batched forward pass that returns what the analyses read.
+
+:func:`extract` runs a timm ``VisionTransformer`` block by block (the same steps as
+timm's ``forward_intermediates``) and keeps, for the requested layers only:
+
+* each block's residual output (before the final norm), ``[B, N, D]``;
+* optionally the final normed output, the patch embeddings (after the patch-embedding
+  layer, before position embeddings), the attention of every prefix token
+  ([CLS], registers) over all tokens, per head, and the MLP hidden activations
+  (post-nonlinearity, the input of ``mlp.fc2``).
+
+timm's attention is fused (``scaled_dot_product_attention``) and never materialises the
+attention matrix, so it is recomputed from the block's ``qkv`` projection in a forward
+hook: ``softmax(q kᵀ · scale)`` for the prefix queries only. Every hook is checked to
+have fired once per batch, and all hooks are removed when the pass ends, even on error.
+
+It never computes more than asked: blocks after the last requested layer are skipped
+unless the final output is requested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+from PIL import Image
+
+from .models import LoadedModel, TokenLayout
+
+Layer = int | str  # a block index, or "final"
+
+
+@dataclass
+class Features:
+    """Tokens of one batch of images, split by the model's :class:`TokenLayout`."""
+
+    model_name: str
+    layout: TokenLayout
+    depth: int
+    tokens: dict[Layer, torch.Tensor]  # layer -> [B, N, D]
+    embeddings: torch.Tensor | None = None  # [B, num_patches, D]
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, heads, prefix, N]
+    mlp: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, N, hidden]
+
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self.tokens)
+
+    @property
+    def num_images(self) -> int:
+        return next(iter(self.tokens.values())).shape[0]
+
+    def _key(self, layer: Layer, store: dict) -> Layer:
+        key = layer
+        if isinstance(layer, int) and layer < 0:
+            key = self.depth + layer
+        if key not in store:
+            raise KeyError(f"Layer {layer!r} was not extracted; extracted: {list(store)}. "
+                           "Ask extract() for it with layers=[...] (or final=True).")
+        return key
+
+    def layer(self, layer: Layer) -> torch.Tensor:
+        """All tokens of ``layer``: ``[B, N, D]``."""
+        return self.tokens[self._key(layer, self.tokens)]
+
+    def cls(self, layer: Layer) -> torch.Tensor:
+        """[CLS] token ``[B, D]``; an error if the model has none."""
+        if not self.layout.num_cls:
+            raise ValueError(f"{self.model_name} has no [CLS] token (it pools its patches).")
+        return self.layer(layer)[:, 0]
+
+    def registers(self, layer: Layer) -> torch.Tensor:
+        """Register tokens ``[B, R, D]``; an error if the model has none."""
+        if not self.layout.num_registers:
+            raise ValueError(f"{self.model_name} has no register tokens: pick a model with "
+                             "registers (e.g. dinov2_s_reg or mini_reg4).")
+        return self.layer(layer)[:, self.layout.register_slice]
+
+    def patches(self, layer: Layer) -> torch.Tensor:
+        """Patch tokens ``[B, num_patches, D]`` in row-major grid order."""
+        return self.layer(layer)[:, self.layout.patch_slice]
+
+    def patch_grid(self, layer: Layer) -> torch.Tensor:
+        """Patch tokens as ``[B, rows, cols, D]``."""
+        p = self.patches(layer)
+        return p.reshape(p.shape[0], *self.layout.grid, p.shape[-1])
+
+    def prefix_attention(self, layer: int) -> torch.Tensor:
+        """Attention rows of the prefix tokens over all tokens: ``[B, heads, prefix, N]``."""
+        return self.attention[self._key(layer, self.attention)]
+
+    def cls_attention(self, layer: int) -> torch.Tensor:
+        """[CLS] -> patch attention per head as maps: ``[B, heads, rows, cols]``."""
+        if not self.layout.num_cls:
+            raise ValueError(f"{self.model_name} has no [CLS] token to read attention from.")
+        a = self.prefix_attention(layer)[:, :, 0, self.layout.patch_slice]
+        return a.reshape(a.shape[0], a.shape[1], *self.layout.grid)
+
+    def register_attention(self, layer: int) -> torch.Tensor:
+        """Register -> patch attention maps: ``[B, registers, heads, rows, cols]``."""
+        if not self.layout.num_registers:
+            raise ValueError(f"{self.model_name} has no register tokens.")
+        a = self.prefix_attention(layer)[:, :, self.layout.register_slice, self.layout.patch_slice]
+        a = a.permute(0, 2, 1, 3)
+        return a.reshape(*a.shape[:3], *self.layout.grid)
+
+    def mlp_hidden(self, layer: int) -> torch.Tensor:
+        """MLP hidden activations (post-nonlinearity) ``[B, N, hidden]``."""
+        return self.mlp[self._key(layer, self.mlp)]
+
+
+def _normalise_layers(layers: int | str | Iterable[int] | None, depth: int) -> list[int]:
+    if layers is None:
+        return []
+    if layers == "all":
+        return list(range(depth))
+    if isinstance(layers, int):
+        layers = [layers]
+    out = []
+    for i in layers:
+        j = i + depth if i < 0 else i
+        if not 0 <= j < depth:
+            raise IndexError(f"Layer {i} is out of range for a model with {depth} blocks.")
+        out.append(j)
+    return sorted(set(out))
+
+
+def _attention_hook(attn: torch.nn.Module, num_prefix: int, sink: list) -> Callable:
+    heads, head_dim = attn.num_heads, getattr(attn, "head_dim", None)
+
+    def hook(_module, _inputs, out):
+        b, n, _ = out.shape
+        hd = head_dim or out.shape[-1] // (3 * heads)
+        q, k, _v = out.reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        logits = (q[:, :, :num_prefix] * attn.scale) @ k.transpose(-2, -1)
+        sink.append(logits.float().softmax(dim=-1))
+
+    return hook
+
+
+def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
+            layers: int | str | Iterable[int] | None = "all", *, final: bool = False,
+            attention: bool = False, mlp: bool = False, embeddings: bool = False,
+            batch_size: int = 32, progress: bool | None = None,
+            extra_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Features:
+    """Run ``lm`` over ``images`` in batches and keep the requested outputs.
+
+    ``images``: a preprocessed ``[B, 3, H, W]`` tensor, or PIL images (preprocessed
+    with ``lm.preprocess``). ``layers``: ``"all"``, an index, or a list (negative
+    indices count from the end). ``attention`` / ``mlp`` apply to the same layers.
+    ``extra_tokens``: a function that receives the sequence after position embeddings
+    and returns it with tokens appended after the patches (used by test-time
+    registers); the layout then reports them as ``extra``.
+    """
+    model = lm.model
+    depth = len(model.blocks)
+    take = _normalise_layers(layers, depth)
+    if not take and not final:
+        raise ValueError("Nothing to extract: pass layers=... and/or final=True.")
+    if not isinstance(images, torch.Tensor):
+        images = lm.preprocess(list(images))
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"Expected images of shape [B, 3, H, W], got {tuple(images.shape)}.")
+    layout = lm.layout(tuple(images.shape[-2:]))
+    if attention and not layout.num_prefix:
+        raise ValueError(f"{lm.name} has no [CLS] or register token: there is no prefix "
+                         "attention to read. Use attention=False.")
+    last = depth - 1 if final else max(take)
+    device = next(model.parameters()).device
+
+    store: dict[Layer, list] = {i: [] for i in take}
+    if final:
+        store["final"] = []
+    attn_sinks = {i: [] for i in take} if attention else {}
+    mlp_sinks = {i: [] for i in take} if mlp else {}
+    emb_sink: list = []
+    handles = []
+    for i in take:
+        blk = model.blocks[i]
+        if attention:
+            if not hasattr(blk.attn, "qkv"):
+                raise TypeError(f"Block {i} attention has no fused qkv projection; "
+                                "attention maps are not supported for this model.")
+            handles.append(blk.attn.qkv.register_forward_hook(
+                _attention_hook(blk.attn, layout.num_prefix, attn_sinks[i])))
+        if mlp:
+            sink = mlp_sinks[i]
+            handles.append(blk.mlp.fc2.register_forward_pre_hook(
+                lambda _m, inp, sink=sink: sink.append(inp[0].detach().float().cpu())))
+
+    batches = list(torch.split(images, batch_size))
+    show = (len(batches) > 1) if progress is None else progress
+    try:
+        from tqdm.auto import tqdm
+
+        with torch.inference_mode():
+            for n_batch, xb in enumerate(tqdm(batches, desc=f"features {lm.name}",
+                                              disable=not show), start=1):
+                x = model.patch_embed(xb.to(device))
+                if embeddings:
+                    emb_sink.append(x.reshape(x.shape[0], -1, x.shape[-1]).float().cpu())
+                x = model._pos_embed(x)
+                x = model.patch_drop(x)
+                x = model.norm_pre(x)
+                if extra_tokens is not None:
+                    x = extra_tokens(x)
+                for i in range(last + 1):
+                    x = model.blocks[i](x)
+                    if i in store:
+                        store[i].append(x.float().cpu())
+                if final:
+                    store["final"].append(model.norm(x).float().cpu())
+                for name, sinks in (("attention", attn_sinks), ("MLP", mlp_sinks)):
+                    for i, sink in sinks.items():
+                        if len(sink) != n_batch:
+                            raise RuntimeError(f"The {name} hook of block {i} did not fire "
+                                               "exactly once; results would be wrong.")
+                if attention:
+                    for i in take:
+                        attn_sinks[i][-1] = attn_sinks[i][-1].cpu()
+    finally:
+        for h in handles:
+            h.remove()
+
+    extra = next(iter(store.values()))[0].shape[1] - layout.num_tokens
+    if extra:
+        layout = TokenLayout(layout.num_cls, layout.num_registers, layout.grid,
+                             layout.patch_size, extra=extra)
+    return Features(
+        model_name=lm.name,
+        layout=layout,
+        depth=depth,
+        tokens={k: torch.cat(v) for k, v in store.items()},
+        embeddings=torch.cat(emb_sink) if embeddings else None,
+        attention={k: torch.cat(v) for k, v in attn_sinks.items()},
+        mlp={k: torch.cat(v) for k, v in mlp_sinks.items()},
+    )

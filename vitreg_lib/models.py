@@ -1,0 +1,370 @@
+"""The model registry, token layouts and preprocessing.
+
+One table (:data:`REGISTRY`) maps a short name to a timm ``VisionTransformer``:
+
+* **pretrained** tier: the paper's families through timm hub names. The weights
+  download from the Hugging Face hub the first time (or come from a filled cache);
+  they are never replaced by another model when that fails.
+* **mini** tier: small ViTs this project trains with :mod:`vitreg_lib.train`, shipped
+  inside the package as ``assets/mini/<name>/model.safetensors`` + ``config.json``.
+
+Every model is loaded by :func:`load_model` and comes back as a :class:`LoadedModel`:
+the timm module (eval mode), its :class:`TokenLayout` rule and its preprocessing.
+
+Decisions (written down here so the next reader sees them):
+
+* Pretrained models are created with ``dynamic_img_size=True`` so any input size that
+  is a multiple of the patch works; the default analysis size is 224 px for every
+  pretrained model (DINOv2: a 16x16 grid of 14-px patches), as in the paper's figures.
+* Images are resized (shorter side) and centre-cropped to the analysis size; that
+  size is always a multiple of the patch, so no patch is ever cut.
+* Weights load only from safetensors (timm hub files are safetensors) or with
+  ``weights_only=True`` (timm's own loader).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+ASSETS = Path(__file__).resolve().parent / "assets" / "mini"
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model's weights cannot be had here (no network, no cache, no bundled file)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One row of the registry."""
+
+    name: str
+    tier: str  # "pretrained" or "mini"
+    source: str  # timm hub name (pretrained) or asset folder name (mini)
+    family: str
+    registers: int
+    cls_token: bool = True
+    img_size: int = 224
+    # what the paper reports: "expected", "none (control)", "removed by registers", "to measure"
+    artifacts: str = "expected"
+    note: str = ""
+
+
+def _dinov2(size: str, letter: str, registers: int) -> ModelSpec:
+    reg = f"_reg{registers}" if registers else ""
+    suffix = "_reg" if registers else ""
+    return ModelSpec(
+        name=f"dinov2_{letter}{suffix}",
+        tier="pretrained",
+        source=f"vit_{size}_patch14{reg}_dinov2.lvd142m",
+        family="DINOv2",
+        registers=registers,
+        artifacts=("removed by registers" if registers else
+                   ("expected" if letter in ("l", "g") else "not reported at this size")),
+        note=f"DINOv2 ViT-{letter.upper()}/14" + (" with 4 registers" if registers else ""),
+    )
+
+
+_SPECS: list[ModelSpec] = [
+    *(_dinov2(size, letter, r)
+      for size, letter in (("small", "s"), ("base", "b"), ("large", "l"), ("giant", "g"))
+      for r in (0, 4)),
+    ModelSpec("deit3_s", "pretrained", "deit3_small_patch16_224.fb_in1k", "DeiT-III", 0,
+              artifacts="reported by later studies", note="DeiT-III ViT-S/16, ImageNet-1k"),
+    ModelSpec("deit3_b", "pretrained", "deit3_base_patch16_224.fb_in1k", "DeiT-III", 0,
+              note="DeiT-III ViT-B/16, ImageNet-1k"),
+    ModelSpec("openclip_b16", "pretrained", "vit_base_patch16_clip_224.laion2b", "OpenCLIP", 0,
+              note="OpenCLIP ViT-B/16 image tower, LAION-2B"),
+    ModelSpec("dino_b16", "pretrained", "vit_base_patch16_224.dino", "DINO v1", 0,
+              artifacts="none (control)", note="DINO v1 ViT-B/16 (control: no artifacts)"),
+    ModelSpec("mae_b16", "pretrained", "vit_base_patch16_224.mae", "MAE", 0,
+              artifacts="none (control)", note="MAE ViT-B/16 (control: no artifacts)"),
+    ModelSpec("mini_reg0", "mini", "mini_reg0", "mini", 0, img_size=32,
+              artifacts="to measure", note="mini ViT (6 blocks, width 128), no registers"),
+    ModelSpec("mini_reg4", "mini", "mini_reg4", "mini", 4, img_size=32,
+              artifacts="to measure", note="mini ViT (6 blocks, width 128), 4 registers"),
+]
+
+#: name -> :class:`ModelSpec`; the one table every notebook and test reads.
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
+
+
+def model_names(tier: str | None = None) -> list[str]:
+    """Names in the registry, optionally of one tier."""
+    return [n for n, s in REGISTRY.items() if tier is None or s.tier == tier]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registry row for ``name``; an unknown name lists the valid ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"Unknown model {name!r}. Valid names: {', '.join(REGISTRY)}. "
+            "Add a row to vitreg_lib.models.REGISTRY to use another timm ViT."
+        ) from None
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each kind of token sits in a ViT's sequence.
+
+    timm (and the paper) order the sequence ``[CLS]``, then the registers, then the
+    patches in row-major order of the ``grid`` (rows, columns).
+    ``extra`` counts tokens appended *after* the patches (test-time registers).
+    """
+
+    num_cls: int
+    num_registers: int
+    grid: tuple[int, int]
+    patch_size: int
+    extra: int = 0
+
+    @property
+    def num_prefix(self) -> int:
+        return self.num_cls + self.num_registers
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix + self.num_patches + self.extra
+
+    @property
+    def cls_slice(self) -> slice:
+        return slice(0, self.num_cls)
+
+    @property
+    def register_slice(self) -> slice:
+        return slice(self.num_cls, self.num_prefix)
+
+    @property
+    def patch_slice(self) -> slice:
+        return slice(self.num_prefix, self.num_prefix + self.num_patches)
+
+    @property
+    def extra_slice(self) -> slice:
+        return slice(self.num_prefix + self.num_patches, self.num_tokens)
+
+    def split(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split ``[B, N, D]`` tokens into ``cls``, ``registers``, ``patches``, ``extra``."""
+        if tokens.shape[1] != self.num_tokens:
+            raise ValueError(
+                f"Expected {self.num_tokens} tokens for layout {self}, got {tokens.shape[1]}."
+            )
+        return {
+            "cls": tokens[:, self.cls_slice],
+            "registers": tokens[:, self.register_slice],
+            "patches": tokens[:, self.patch_slice],
+            "extra": tokens[:, self.extra_slice],
+        }
+
+
+def layout_of(model: torch.nn.Module, image_hw: tuple[int, int]) -> TokenLayout:
+    """The layout of a timm ``VisionTransformer`` for an input of ``image_hw`` pixels."""
+    ps = model.patch_embed.patch_size
+    ph, pw = (ps, ps) if isinstance(ps, int) else tuple(ps)
+    if ph != pw:
+        raise ValueError(f"Only square patches are supported, got {ps}.")
+    h, w = image_hw
+    if h % ph or w % pw:
+        raise ValueError(f"Input {h}x{w} is not a multiple of the patch size {ph}.")
+    return TokenLayout(
+        num_cls=1 if getattr(model, "cls_token", None) is not None else 0,
+        num_registers=int(getattr(model, "num_reg_tokens", 0) or 0),
+        grid=(h // ph, w // pw),
+        patch_size=ph,
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A timm ViT in eval mode with everything needed to feed and read it."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    img_size: int
+    info: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def patch_size(self) -> int:
+        ps = self.model.patch_embed.patch_size
+        return ps if isinstance(ps, int) else ps[0]
+
+    def layout(self, image_hw: tuple[int, int] | None = None) -> TokenLayout:
+        hw = image_hw or (self.img_size, self.img_size)
+        return layout_of(self.model, hw)
+
+    def preprocess(self, images: Sequence[Image.Image] | Image.Image,
+                   size: int | None = None) -> torch.Tensor:
+        """PIL images -> normalised ``[B, 3, S, S]`` tensor (see :func:`preprocess`)."""
+        return preprocess(images, size or self.img_size, self.mean, self.std, self.patch_size)
+
+    def describe(self) -> str:
+        return f"{self.spec.note or self.name} [{self.spec.tier} tier, {self.img_size}px input]"
+
+
+def preprocess(images: Sequence[Image.Image] | Image.Image, size: int,
+               mean: Sequence[float], std: Sequence[float], patch_size: int) -> torch.Tensor:
+    """Resize the shorter side to ``size``, centre-crop to ``size x size``, normalise.
+
+    * A mode other than RGB (grey, RGBA, palette, CMYK) is converted to RGB, with a
+      warning that says so.
+    * ``size`` must be a multiple of ``patch_size`` (so no patch is cut).
+    * An image smaller than one patch is refused: it holds no patch token.
+    """
+    if isinstance(images, Image.Image):
+        images = [images]
+    if size % patch_size:
+        raise ValueError(f"size={size} is not a multiple of the patch size {patch_size}; "
+                         f"use {max(patch_size, size // patch_size * patch_size)}.")
+    out = []
+    for i, im in enumerate(images):
+        if not isinstance(im, Image.Image):
+            raise TypeError(f"Image {i} is a {type(im).__name__}, expected a PIL.Image; "
+                            "load files with vitreg_lib.data.load_images().")
+        if min(im.size) < patch_size:
+            raise ValueError(f"Image {i} is {im.size[0]}x{im.size[1]} px, smaller than one "
+                             f"{patch_size}-px patch: it has no patch token. Use a larger image.")
+        if im.mode != "RGB":
+            warnings.warn(f"Image {i} has mode {im.mode!r}; converted to RGB.", stacklevel=2)
+            im = im.convert("RGB")
+        w, h = im.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+        out.append(torch.from_numpy(arr).permute(2, 0, 1))
+    x = torch.stack(out)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def load_model(name: str, device: str | torch.device = "cpu", weights: str | Path | None = None,
+               img_size: int | None = None) -> LoadedModel:
+    """Load a registry model by name.
+
+    ``weights``: a local safetensors file in the hub's format, used instead of the
+    download (same code path otherwise). A pretrained model that cannot be fetched
+    raises :class:`ModelUnavailableError`; nothing is ever substituted.
+    """
+    spec = get_spec(name)
+    if spec.tier == "mini":
+        if weights is not None:
+            raise ValueError("Mini models load from their bundled folder; pass no weights=.")
+        lm = _load_mini(spec)
+    else:
+        lm = _load_pretrained(spec, weights)
+    if img_size is not None:
+        if img_size % lm.patch_size:
+            raise ValueError(f"img_size={img_size} is not a multiple of the patch size "
+                             f"{lm.patch_size} of {name}.")
+        lm.img_size = img_size
+    lm.model.eval().requires_grad_(False).to(device)
+    if lm.layout().num_registers != spec.registers:
+        raise RuntimeError(f"{name}: the registry says {spec.registers} registers, the model "
+                           f"has {lm.layout().num_registers}. Fix the registry row.")
+    return lm
+
+
+def _load_pretrained(spec: ModelSpec, weights: str | Path | None) -> LoadedModel:
+    import timm
+
+    kwargs = dict(pretrained=True, img_size=spec.img_size, dynamic_img_size=True)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"Weights file {path} does not exist.")
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: only .safetensors weight files are accepted here.")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        model = timm.create_model(spec.source, **kwargs)
+    else:
+        _check_hub(spec)
+        try:
+            model = timm.create_model(spec.source, **kwargs)
+        except (OSError, ConnectionError, TimeoutError) as err:  # hub errors derive from OSError
+            raise _unavailable(spec, str(err)) from err
+    cfg = model.pretrained_cfg
+    return LoadedModel(spec, model, tuple(cfg["mean"]), tuple(cfg["std"]), spec.img_size,
+                       info={"source": spec.source})
+
+
+def _unavailable(spec: ModelSpec, cause: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"Could not fetch the weights of {spec.name!r} ({spec.source}) from the Hugging Face "
+        "hub. The pretrained tier needs network access the first time, or a filled Hugging "
+        "Face cache (HF_HOME / HF_HUB_CACHE). Offline, use the mini tier (tier='mini'; models: "
+        f"{', '.join(model_names('mini'))}). Cause: {cause}"
+    )
+
+
+def _check_hub(spec: ModelSpec, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after the hub client's minute of retries, when the weights
+    are neither cached nor reachable."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = f"timm/{spec.source}"
+    if any(isinstance(try_to_load_from_cache(repo, f), str)
+           for f in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin")):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise _unavailable(spec, "HF_HUB_OFFLINE is set and the weights are not in the cache.")
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as err:
+        raise _unavailable(spec, f"{host} is unreachable ({err}) and the weights are not "
+                                 "in the cache.") from err
+
+
+def mini_dir(spec: ModelSpec) -> Path:
+    return ASSETS / spec.source
+
+
+def _load_mini(spec: ModelSpec) -> LoadedModel:
+    from safetensors.torch import load_file
+
+    folder = mini_dir(spec)
+    wfile, cfile = folder / "model.safetensors", folder / "config.json"
+    if not (wfile.is_file() and cfile.is_file()):
+        raise ModelUnavailableError(
+            f"The bundled checkpoint of {spec.name!r} is missing ({folder}). Reinstall the "
+            f"package, or train it: python -m vitreg_lib.train --preset {spec.source}."
+        )
+    config = json.loads(cfile.read_text())
+    model = build_vit(config["arch"])
+    model.load_state_dict(load_file(str(wfile)), strict=True)
+    data = config.get("data", {})
+    return LoadedModel(spec, model, tuple(data.get("mean", (0.5,) * 3)),
+                       tuple(data.get("std", (0.5,) * 3)), int(config["arch"]["img_size"]),
+                       info=config)
+
+
+def build_vit(arch: dict) -> torch.nn.Module:
+    """A timm ``VisionTransformer`` from the ``arch`` dict of a mini config."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(dynamic_img_size=True, **arch)
