@@ -1,0 +1,58 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitreg_lib.data import ImageReadError, load_images, make_scenes, sample_images
+from vitreg_lib.record import Recorder
+
+
+def test_scenes_are_deterministic_and_labelled():
+    a, b = make_scenes(12, seed=3), make_scenes(12, seed=3)
+    assert np.array_equal(a.images, b.images) and a.images.shape == (12, 32, 32, 3)
+    assert not np.array_equal(a.images, make_scenes(12, seed=4).images)
+    for i in range(12):
+        for (x0, y0, x1, y1) in a.boxes[i]:
+            assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
+            assert a.masks[i, y0:y1, x0:x1].any()  # the object is inside its box
+        assert not a.masks[i].all()  # background remains
+    y = a.label("count_shape")
+    assert y.min() >= 0 and y.max() < a.num_classes("count_shape")
+    assert np.array_equal(y, a.label("count") * 3 + a.label("largest_shape"))
+    fg = a.patch_foreground(4)
+    assert fg.shape == (12, 8, 8) and 0 <= fg.min() and fg.max() <= 1
+    with pytest.raises(ValueError, match="Unknown task"):
+        a.label("colour")
+
+
+def test_sample_photos_ship_offline():
+    photos = sample_images()
+    assert len(photos) == 4 and all(p.mode == "RGB" for p in photos.values())
+
+
+def test_load_images_folder_and_bad_files(tmp_path):
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    Image.new("L", (20, 20)).save(tmp_path / "b.jpg")
+    assert list(load_images(tmp_path)) == ["a.png", "b.jpg"]
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match="c.png"):
+        load_images(tmp_path)
+    with pytest.raises(ImageReadError, match="does not exist"):
+        load_images(tmp_path / "missing.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageReadError, match="No image files"):
+        load_images(tmp_path / "empty")
+
+
+def test_recorder_writes_json_and_table(tmp_path):
+    rec = Recorder("nb", results_dir=tmp_path, show=False)
+    rec("outlier_pct", np.float32(1.5), paper=2.37, model="m", note="n")
+    rec("no_paper", float("inf"))
+    data = json.loads((tmp_path / "nb.json").read_text())
+    assert data["outlier_pct"] == {"value": 1.5, "paper": 2.37, "model": "m", "note": "n",
+                                   "comparable": ""}
+    assert data["no_paper"]["value"] is None
+    assert list(rec.table()["quantity"]) == ["outlier_pct"]
+    with pytest.raises(ValueError, match="letters, digits"):
+        rec("bad name", 1)

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from vitreg_lib.outliers import (
+    Absolute,
+    HistogramGap,
+    MeanStd,
+    Percentile,
+    attention_share,
+    background_share,
+    detect,
+)
+
+
+def bimodal(n=2000, share=0.02, seed=0):
+    rng = np.random.default_rng(seed)
+    bulk = rng.normal(50, 5, int(n * (1 - share)))
+    high = rng.normal(400, 40, int(n * share))
+    return np.concatenate([bulk, high])
+
+
+def test_gap_rule_finds_planted_high_mode():
+    x = bimodal()
+    res = detect(x, HistogramGap())
+    assert res.found and res.count == 40 and abs(res.fraction - 0.02) < 1e-9
+    assert 80 < res.threshold < 360
+    assert "histogram gap" in res.rule
+
+
+def test_gap_rule_finds_nothing_in_unimodal_data():
+    x = np.random.default_rng(0).normal(50, 5, 5000)
+    res = detect(x, HistogramGap())
+    assert not res.found and res.count == 0 and np.isinf(res.threshold)
+
+
+def test_gap_rule_ignores_the_sparse_tail_of_one_mode():
+    x = np.random.default_rng(0).normal(3, 0.8, 300)  # few tokens in the tail, small gaps
+    assert detect(x, HistogramGap(min_iqr=0)).count > 0  # without the width test: fooled
+    assert detect(x, HistogramGap()).count == 0
+
+
+def test_gap_rule_ignores_majority_above_gap():
+    x = np.concatenate([np.full(10, 1.0), np.full(90, 100.0)])  # "high mode" is the majority
+    assert detect(x, HistogramGap()).count == 0
+
+
+def test_other_rules_name_themselves_and_threshold():
+    x = bimodal()
+    assert detect(x, Absolute(150)).count == 40
+    assert detect(x, Absolute(150)).rule == "norm > 150"
+    m = detect(x, MeanStd(3))
+    assert m.threshold == pytest.approx(x.mean() + 3 * x.std())
+    p = detect(x, Percentile(99))
+    assert p.fraction == pytest.approx(0.01, abs=1e-3) and p.rule == "norm > p99"
+
+
+def test_attention_and_background_share():
+    mask = np.zeros((1, 2, 2), bool)
+    mask[0, 0, 0] = True
+    attn = np.array([[[[0.5, 0.1], [0.1, 0.1]]]])  # one head, rows over all tokens
+    out = attention_share(attn, mask)
+    assert out["attention_share"] == pytest.approx(0.625) and out["ratio"] == pytest.approx(2.5)
+    fg = np.array([[[0.0, 0.5], [0.0, 1.0]]])
+    bg = background_share(mask, fg)
+    assert bg == {"outliers": 1, "on_background": 1.0, "background_overall": 0.5}

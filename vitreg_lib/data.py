@@ -1,0 +1,215 @@
+"""Images: sample photos shipped with installed packages, a user's own files, and the
+procedural *scenes* dataset the mini tier trains on. Knows no model.
+
+* :func:`sample_images` — real photographs bundled with scikit-image (no download).
+* :func:`load_images` — image files or a folder; unreadable files raise
+  :class:`ImageReadError` naming the file.
+* :func:`make_scenes` — deterministic by seed: smooth, low-information backgrounds (the
+  redundant patches where the paper finds outliers) with 1..``max_objects`` coloured
+  shapes; class labels and object boxes come with every image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+
+#: scikit-image's colour photographs, all shipped inside the package.
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read."""
+
+
+def sample_images(names: Iterable[str] = SAMPLE_PHOTOS) -> dict[str, Image.Image]:
+    """Real photos from ``skimage.data`` as RGB PIL images, keyed by name."""
+    import skimage.data
+
+    out = {}
+    for name in names:
+        loader = getattr(skimage.data, name, None)
+        if loader is None:
+            raise KeyError(f"skimage.data has no image {name!r}; try one of {SAMPLE_PHOTOS}.")
+        arr = np.asarray(loader())
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8) * 255
+        out[name] = Image.fromarray(arr)
+    return out
+
+
+def load_images(source: str | Path | Iterable[str | Path]) -> dict[str, Image.Image]:
+    """Load image files (or every image in a folder), keyed by file name.
+
+    Files are fully decoded here, so a truncated or non-image file fails now, with its
+    name, rather than deep inside a forward pass. Modes are kept as they are (the
+    model's preprocessing converts to RGB and says so).
+    """
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        paths = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise ImageReadError(f"No image files ({', '.join(IMAGE_SUFFIXES)}) in {source}.")
+    elif isinstance(source, (str, Path)):
+        paths = [Path(source)]
+    else:
+        paths = [Path(p) for p in source]
+    out = {}
+    for p in paths:
+        if not p.is_file():
+            raise ImageReadError(f"{p} does not exist.")
+        try:
+            with Image.open(p) as im:
+                im.load()
+                out[p.name] = im.copy()
+        except Exception as err:  # PIL raises several types for bad files
+            raise ImageReadError(f"Cannot read {p} as an image ({type(err).__name__}: {err}). "
+                                 "Check that it is a valid JPEG/PNG file, or remove it.") from err
+    return out
+
+
+SHAPES = ("square", "circle", "triangle")
+
+
+@dataclass
+class Scenes:
+    """A batch of procedural scenes.
+
+    ``images`` uint8 ``[N, S, S, 3]``; ``masks`` bool ``[N, S, S]`` (object pixels);
+    ``boxes[i]`` int ``[k, 4]`` as ``x0, y0, x1, y1`` (x1, y1 exclusive); ``shapes[i]``
+    the shape index of each object (see :data:`SHAPES`).
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    boxes: list[np.ndarray]
+    shapes: list[np.ndarray]
+    seed: int
+
+    TASKS = ("count", "largest_shape", "count_shape")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def size(self) -> int:
+        return self.images.shape[1]
+
+    def label(self, task: str = "count_shape") -> np.ndarray:
+        """Integer class labels for ``task``:
+
+        * ``count`` — number of objects minus one;
+        * ``largest_shape`` — shape of the largest object;
+        * ``count_shape`` — both at once (``count_index * 3 + shape``): a global
+          label that no single local patch determines.
+        """
+        count = np.array([len(b) for b in self.boxes]) - 1
+        areas = [(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b in self.boxes]
+        largest = np.array([s[np.argmax(a)] for s, a in zip(self.shapes, areas)])
+        if task == "count":
+            return count
+        if task == "largest_shape":
+            return largest
+        if task == "count_shape":
+            return count * len(SHAPES) + largest
+        raise ValueError(f"Unknown task {task!r}; choose one of {self.TASKS}.")
+
+    def num_classes(self, task: str = "count_shape") -> int:
+        max_objects = int(max(len(b) for b in self.boxes))
+        return {"count": max_objects, "largest_shape": len(SHAPES),
+                "count_shape": max_objects * len(SHAPES)}[task]
+
+    def pil(self, indices: Iterable[int] | None = None) -> list[Image.Image]:
+        idx = range(len(self)) if indices is None else indices
+        return [Image.fromarray(self.images[i]) for i in idx]
+
+    def foreground_on_grid(self, rows: int) -> np.ndarray:
+        """Share of object pixels in each cell of a ``rows x rows`` patch grid laid over
+        the scene (the grid of a model that reads the scene at any resolution)."""
+        return self.patch_foreground(self.size // rows)
+
+    def patch_foreground(self, patch: int) -> np.ndarray:
+        """Share of object pixels in each ``patch x patch`` cell: ``[N, S/p, S/p]``."""
+        n, s, _ = self.masks.shape
+        if s % patch:
+            raise ValueError(f"Image size {s} is not a multiple of patch {patch}.")
+        g = s // patch
+        return self.masks.reshape(n, g, patch, g, patch).mean(axis=(2, 4))
+
+
+def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
+                min_object: float = 0.15, max_object: float = 0.35,
+                noise: float = 0.02) -> Scenes:
+    """``n`` scenes, identical for identical arguments.
+
+    Background: one random colour with a gentle linear gradient and faint noise.
+    Objects: 1..``max_objects`` squares, circles or triangles of side
+    ``min_object..max_object`` x ``size``, each a colour far from the background.
+    """
+    if n < 1 or size < 8:
+        raise ValueError("Need n >= 1 and size >= 8.")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    images = np.empty((n, size, size, 3), np.uint8)
+    masks = np.zeros((n, size, size), bool)
+    boxes, shapes = [], []
+    for i in range(n):
+        base = rng.uniform(0.15, 0.85, 3)
+        direction = rng.normal(size=2)
+        direction /= np.linalg.norm(direction) + 1e-8
+        ramp = ((xx * direction[0] + yy * direction[1]) / size)[..., None]
+        img = base + 0.15 * rng.uniform(-1, 1, 3) * ramp
+        k = int(rng.integers(1, max_objects + 1))
+        bx, sh = [], []
+        for _ in range(k):
+            side = int(rng.integers(max(3, round(min_object * size)), round(max_object * size) + 1))
+            x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            kind = int(rng.integers(len(SHAPES)))
+            u, v = xx - x0, yy - y0
+            inside = (u >= 0) & (u < side) & (v >= 0) & (v < side)
+            if kind == 1:  # circle
+                r = side / 2
+                inside &= (u + 0.5 - r) ** 2 + (v + 0.5 - r) ** 2 <= r * r
+            elif kind == 2:  # triangle, apex up
+                inside &= np.abs(u + 0.5 - side / 2) <= (v + 0.5) / 2
+            colour = (base + rng.uniform(0.35, 0.6, 3) * rng.choice([-1, 1], 3)) % 1.0
+            img[inside] = colour
+            masks[i] |= inside
+            bx.append((x0, y0, x0 + side, y0 + side))
+            sh.append(kind)
+        img = img + rng.normal(0, noise, img.shape)
+        images[i] = np.clip(img * 255, 0, 255).astype(np.uint8)
+        boxes.append(np.array(bx, dtype=np.int64))
+        shapes.append(np.array(sh, dtype=np.int64))
+    return Scenes(images, masks, boxes, shapes, seed)
+
+
+@dataclass
+class ImageSet:
+    """The images a chapter analyses: photos first, then scenes (if any)."""
+
+    images: dict[str, Image.Image]
+    scenes: Scenes | None
+    description: str
+
+    @property
+    def scene_indices(self) -> list[int]:
+        n = len(self.scenes) if self.scenes is not None else 0
+        return list(range(len(self.images) - n, len(self.images)))
+
+
+def analysis_images(n_photos: int, n_scenes: int, seed: int = 0, scene_size: int = 32) -> ImageSet:
+    """``n_photos`` sample photos, then ``n_scenes`` procedural scenes (seed ``seed``)."""
+    images = sample_images(SAMPLE_PHOTOS[:n_photos]) if n_photos else {}
+    scenes = make_scenes(n_scenes, seed=seed, size=scene_size) if n_scenes else None
+    if scenes is not None:
+        images.update({f"scene_{i}": im for i, im in enumerate(scenes.pil())})
+    parts = ([f"{n_photos} skimage photos"] if n_photos else []) + \
+            ([f"{n_scenes} scenes (seed {seed})"] if n_scenes else [])
+    if not images:
+        raise ValueError("No images: ask for n_photos > 0 or n_scenes > 0.")
+    return ImageSet(images, scenes, " + ".join(parts))

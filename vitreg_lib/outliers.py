@@ -1,0 +1,239 @@
+"""Token norms, outlier rules and per-layer curves.
+
+The paper's cut-off (norm > 150) was hand-picked for DINOv2 ViT-g; norm scales differ
+by model, so every rule here is computed per model and per layer from the norms it is
+given, and every result names its rule and parameters:
+
+* :class:`Absolute` — ``norm > value`` (the paper's rule, with ``value=150``);
+* :class:`HistogramGap` — the longest run of empty histogram bins with a minority of
+  tokens above it; ``norm`` above the gap is an outlier. No gap -> no outliers
+  (``found=False``). This is the "clearly bimodal" test;
+* :class:`MeanStd` — ``norm > mean + k·std`` (Jiang et al. use k = 3);
+* :class:`Percentile` — ``norm > q-th percentile`` (always flags about ``100 - q`` %;
+  useful for ranking, never as evidence that outliers exist).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def token_norms(tokens: torch.Tensor) -> torch.Tensor:
+    """L2 norm over the last (feature) dimension."""
+    return tokens.float().norm(dim=-1)
+
+
+def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+@dataclass(frozen=True)
+class Rule:
+    def threshold(self, norms: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Absolute(Rule):
+    value: float = 150.0
+
+    def threshold(self, norms: np.ndarray) -> float:
+        return float(self.value)
+
+    def describe(self) -> str:
+        return f"norm > {self.value:g}"
+
+
+@dataclass(frozen=True)
+class MeanStd(Rule):
+    k: float = 3.0
+
+    def threshold(self, norms: np.ndarray) -> float:
+        return float(norms.mean() + self.k * norms.std())
+
+    def describe(self) -> str:
+        return f"norm > mean + {self.k:g}·std"
+
+
+@dataclass(frozen=True)
+class Percentile(Rule):
+    q: float = 99.0
+
+    def threshold(self, norms: np.ndarray) -> float:
+        return float(np.percentile(norms, self.q))
+
+    def describe(self) -> str:
+        return f"norm > p{self.q:g}"
+
+
+@dataclass(frozen=True)
+class HistogramGap(Rule):
+    """Outliers = tokens above the longest empty gap of a ``bins``-bin histogram.
+
+    A gap counts if it spans at least ``min_empty`` consecutive empty bins, is at least
+    ``min_iqr`` times as wide as the interquartile range of the norms (so the sparse
+    tail of a single mode is not mistaken for a second mode), and at most ``max_share``
+    of the tokens lie above it (the high mode is the minority).
+    """
+
+    bins: int = 60
+    min_empty: int = 2
+    min_iqr: float = 1.0
+    max_share: float = 0.5
+
+    def gap(self, norms: np.ndarray) -> tuple[float, float] | None:
+        """``(low, high)`` edges of the chosen gap, or ``None``."""
+        counts, edges = np.histogram(norms, bins=self.bins)
+        min_width = self.min_iqr * float(np.subtract(*np.percentile(norms, [75, 25])))
+        above = np.cumsum(counts[::-1])[::-1]  # tokens in bin j and above
+        best, j = None, 0
+        n = len(counts)
+        while j < n:
+            if counts[j] == 0:
+                start = j
+                while j < n and counts[j] == 0:
+                    j += 1
+                length = j - start
+                if (length >= self.min_empty and j < n and 0 < above[j] <= self.max_share * len(norms)
+                        and edges[j] - edges[start] >= min_width
+                        and (best is None or length > best[1] - best[0])):
+                    best = (start, j)
+            j += 1
+        if best is None:
+            return None
+        return float(edges[best[0]]), float(edges[best[1]])
+
+    def threshold(self, norms: np.ndarray) -> float:
+        g = self.gap(norms)
+        return float("inf") if g is None else (g[0] + g[1]) / 2
+
+    def describe(self) -> str:
+        return f"histogram gap (≥{self.min_iqr:g}·IQR wide, {self.bins} bins)"
+
+
+@dataclass
+class OutlierResult:
+    """Which tokens a rule flags, and how many."""
+
+    mask: np.ndarray
+    threshold: float
+    rule: str
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def total(self) -> int:
+        return int(self.mask.size)
+
+    @property
+    def fraction(self) -> float:
+        return self.count / max(self.total, 1)
+
+    @property
+    def found(self) -> bool:
+        return bool(np.isfinite(self.threshold)) and self.count > 0
+
+    def __str__(self) -> str:
+        thr = "none (no gap)" if not np.isfinite(self.threshold) else f"{self.threshold:.3g}"
+        return (f"{self.count}/{self.total} tokens ({100 * self.fraction:.2f} %) flagged by "
+                f"{self.rule}; threshold {thr}")
+
+
+def detect(norms: torch.Tensor | np.ndarray, rule: Rule) -> OutlierResult:
+    """Flag outliers among ``norms`` (any shape; the rule sees all of them at once)."""
+    arr = _np(norms).astype(np.float64)
+    if arr.size == 0:
+        raise ValueError("No norms given.")
+    thr = rule.threshold(arr.ravel())
+    return OutlierResult(mask=arr > thr, threshold=thr, rule=rule.describe())
+
+
+def layer_curves(features, rule: Rule, part: str = "patches") -> pd.DataFrame:
+    """Per extracted layer: median, p99 and max norm of ``part`` tokens, the rule's
+    threshold and outlier fraction (rule computed per layer).
+
+    ``part``: ``"patches"``, ``"registers"`` or ``"cls"``.
+    """
+    rows = []
+    for layer in features.layers:
+        toks = {"patches": features.patches, "registers": features.registers,
+                "cls": features.cls}[part](layer)
+        n = _np(token_norms(toks)).ravel()
+        res = detect(n, rule)
+        rows.append(dict(layer=layer, median=float(np.median(n)),
+                         p99=float(np.percentile(n, 99)), max=float(n.max()),
+                         threshold=res.threshold, outlier_fraction=res.fraction,
+                         tokens=res.total, rule=res.rule))
+    return pd.DataFrame(rows)
+
+
+def patch_norm_maps(features, layer) -> np.ndarray:
+    """Patch-token norms as maps ``[B, rows, cols]``."""
+    return _np(token_norms(features.patch_grid(layer)))
+
+
+def summarize(features, layer, rule: Rule) -> dict:
+    """Headline numbers of one model at one layer, the rule applied to all its patches.
+
+    ``outlier_pct``; ``threshold``; median norm of normal and of outlier patches and
+    their ratio (NaN without outliers); mean norm of registers and [CLS] when present.
+    """
+    norms = patch_norm_maps(features, layer)
+    res = detect(norms, rule)
+    normal, high = norms[~res.mask], norms[res.mask]
+    out = dict(model=features.model_name, layer=layer, rule=res.rule, threshold=res.threshold,
+               outlier_pct=100 * res.fraction, outliers=res.count, tokens=res.total,
+               median_normal=float(np.median(normal)) if normal.size else float("nan"),
+               median_outlier=float(np.median(high)) if high.size else float("nan"))
+    out["norm_ratio"] = out["median_outlier"] / out["median_normal"] if high.size else float("nan")
+    if features.layout.num_registers:
+        out["register_norm_mean"] = float(token_norms(features.registers(layer)).mean())
+    if features.layout.num_cls:
+        out["cls_norm_mean"] = float(token_norms(features.cls(layer)).mean())
+    return out
+
+
+def attention_share(attention_maps: torch.Tensor | np.ndarray, mask: np.ndarray) -> dict:
+    """How much [CLS]->patch attention falls on flagged patches.
+
+    ``attention_maps``: ``[B, heads, rows, cols]`` (rows over all tokens, as returned by
+    ``Features.cls_attention``); ``mask``: ``[B, rows, cols]``. Returns the attention
+    share on flagged patches (mean over heads, renormalised over patches) and the share
+    of patches flagged; a ratio above 1 means the flagged patches draw extra attention.
+    """
+    a = _np(attention_maps).mean(axis=1)
+    a = a / a.sum(axis=(1, 2), keepdims=True)
+    share = float((a * mask).sum() / a.shape[0])
+    base = float(mask.mean())
+    return dict(attention_share=share, token_share=base,
+                ratio=share / base if base > 0 else float("nan"))
+
+
+def background_share(mask: np.ndarray, foreground: np.ndarray) -> dict:
+    """Where flagged patches sit: share of them on background patches (no object pixel)
+    against the share of background patches overall. ``mask``, ``foreground``:
+    ``[B, rows, cols]`` (``foreground`` = share of object pixels in each patch)."""
+    background = foreground == 0
+    n = int(mask.sum())
+    return dict(outliers=n, on_background=float(background[mask].mean()) if n else float("nan"),
+                background_overall=float(background.mean()))
+
+
+def layer_norms(features, layers, rule: Rule) -> tuple[dict, dict]:
+    """Patch-norm maps and the rule's threshold for each of ``layers``."""
+    norms = {layer: patch_norm_maps(features, layer) for layer in layers}
+    return norms, {layer: detect(n, rule).threshold for layer, n in norms.items()}
+
+
+def spread_layers(depth: int, count: int) -> list[int]:
+    """``count`` block indices spread evenly from the first to the last block."""
+    return sorted({int(round(x)) for x in np.linspace(0, depth - 1, min(count, depth))})

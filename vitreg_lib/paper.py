@@ -1,0 +1,48 @@
+"""The paper's own numbers (Darcet et al., ICLR 2024; follow-ups where named), keyed
+by finding, exactly as listed in the course's FINDINGS. Notebooks cite them from here
+and put them beside what they measure; nothing here is measured.
+"""
+
+PAPER: dict[str, dict] = {
+    "F1": {
+        "model": "DINOv2 ViT-g/14",
+        "outlier_threshold": 150.0,  # absolute norm cut-off, hand-picked for ViT-g
+        "outlier_pct": 2.37,  # % of patch tokens above the cut-off
+        "norm_ratio": 10.0,  # outlier norm / typical norm, "about 10x"
+        "bulk_range": (0, 100),
+        "high_mode_range": (200, 600),
+        "source": "Fig. 2, Fig. 3",
+    },
+    "F2": {
+        "model": "DINOv2 ViT-g/14 (40 blocks)",
+        "split_layer": 15,
+        "split_layer_fraction": 15 / 40,
+        "training_fraction": 1 / 3,
+        "source": "Fig. 4",
+    },
+    "F4": {
+        "model": "DINOv2 ViT-g/14",
+        "position_top1": {"normal": 41.7, "outlier": 22.8},
+        "position_distance": {"normal": 0.79, "outlier": 5.09},
+        "pixel_l2": {"normal": 18.38, "outlier": 25.23},
+        "source": "Fig. 5b",
+    },
+    "F5": {
+        "model": "DINOv2 ViT-g/14",
+        "IN1k": {"cls": 86.0, "normal": 65.8, "outlier": 69.0},
+        "source": "Table 1",
+    },
+    "F9": {
+        "DINOv2": {"VOC07": (35.3, 55.4), "VOC12": (40.2, 60.0), "COCO20k": (26.9, 42.0)},
+        "source": "Table 3",
+    },
+}
+
+
+def cite(finding: str, key: str):
+    """One number of the paper, with an error naming what exists if the key is wrong."""
+    try:
+        return PAPER[finding][key]
+    except KeyError:
+        raise KeyError(f"No paper value {finding}/{key}; known: "
+                       f"{ {f: list(v) for f, v in PAPER.items()} }") from None
