@@ -232,8 +232,13 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
         model_name=lm.name,
         layout=layout,
         depth=depth,
-        tokens={k: torch.cat(v) for k, v in store.items()},
-        embeddings=torch.cat(emb_sink) if embeddings else None,
-        attention={k: torch.cat(v) for k, v in attn_sinks.items()},
-        mlp={k: torch.cat(v) for k, v in mlp_sinks.items()},
+        tokens={k: _join(v) for k, v in store.items()},
+        embeddings=_join(emb_sink) if embeddings else None,
+        attention={k: _join(v) for k, v in attn_sinks.items()},
+        mlp={k: _join(v) for k, v in mlp_sinks.items()},
     )
+
+
+def _join(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-batch results (no copy when there was one batch)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
