@@ -56,3 +56,13 @@ def test_recorder_writes_json_and_table(tmp_path):
     assert list(rec.table()["quantity"]) == ["outlier_pct"]
     with pytest.raises(ValueError, match="letters, digits"):
         rec("bad name", 1)
+
+
+def test_image_set_showcase_mixes_photos_and_scenes():
+    from vitreg_lib.data import analysis_images
+
+    s = analysis_images(2, 5, seed=0)
+    assert len(s.images) == 7 and s.scene_indices == [2, 3, 4, 5, 6]
+    assert s.showcase(4) == ["astronaut", "chelsea", "scene_0", "scene_1"]
+    assert analysis_images(0, 3).showcase(4) == ["scene_0", "scene_1", "scene_2"]
+    assert analysis_images(3, 0).showcase(2) == ["astronaut", "chelsea"]

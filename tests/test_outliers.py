@@ -63,3 +63,12 @@ def test_attention_and_background_share():
     fg = np.array([[[0.0, 0.5], [0.0, 1.0]]])
     bg = background_share(mask, fg)
     assert bg == {"outliers": 1, "on_background": 1.0, "background_overall": 0.5}
+
+
+def test_verdict_reports_what_was_found():
+    from vitreg_lib.outliers import verdict
+
+    base = dict(model="m", layer=-1, rule="r", tokens=100)
+    assert "no outliers among 100" in verdict(dict(base, outliers=0))
+    text = verdict(dict(base, outliers=3, outlier_pct=3.0, norm_ratio=9.5))
+    assert "3 of 100" in text and "3.00 %" in text and "9.5x" in text

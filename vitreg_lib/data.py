@@ -196,6 +196,14 @@ class ImageSet:
     scenes: Scenes | None
     description: str
 
+    def showcase(self, n: int = 4) -> list[str]:
+        """Names of ``n`` images to show: photos and scenes in equal parts when both exist."""
+        names = list(self.images)
+        scenes = [names[i] for i in self.scene_indices]
+        photos = names[: len(names) - len(scenes)]
+        k = min(len(photos), n - min(len(scenes), n // 2))
+        return photos[:k] + scenes[: n - k]
+
     @property
     def scene_indices(self) -> list[int]:
         n = len(self.scenes) if self.scenes is not None else 0

@@ -237,3 +237,14 @@ def layer_norms(features, layers, rule: Rule) -> tuple[dict, dict]:
 def spread_layers(depth: int, count: int) -> list[int]:
     """``count`` block indices spread evenly from the first to the last block."""
     return sorted({int(round(x)) for x in np.linspace(0, depth - 1, min(count, depth))})
+
+
+def verdict(summary: dict) -> str:
+    """One sentence on a :func:`summarize` result, for the notebook to print."""
+    head = f"{summary['model']}, layer {summary['layer']}, {summary['rule']}: "
+    if not summary["outliers"]:
+        return head + (f"no outliers among {summary['tokens']} patch tokens — "
+                       "the norm distribution has no second mode by this rule.")
+    return head + (f"{summary['outliers']} of {summary['tokens']} patch tokens "
+                   f"({summary['outlier_pct']:.2f} %) are outliers; their median norm is "
+                   f"{summary['norm_ratio']:.1f}x that of the others.")
