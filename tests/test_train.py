@@ -1,0 +1,34 @@
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from vitreg_lib.models import build_vit
+from vitreg_lib.train import PRESETS, main
+
+
+def test_trainer_writes_loadable_checkpoint_and_norm_log(tmp_path):
+    main(["--preset", "tiny_test", "--out", str(tmp_path / "a"), "--registers", "2"])
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    log = json.loads((tmp_path / "a" / "log.json").read_text())
+    assert cfg["arch"]["reg_tokens"] == 2 and cfg["train"]["steps"] == PRESETS["tiny_test"].steps
+    assert "--registers 2" in cfg["result"]["command"] and cfg["result"]["wall_s"] > 0
+    assert [e["step"] for e in log] == [0, PRESETS["tiny_test"].steps]
+    depth = cfg["arch"]["depth"]
+    for entry in log:
+        assert [row["layer"] for row in entry["layers"]] == list(range(depth))
+        for row in entry["layers"]:
+            assert 0 < row["median"] <= row["p99"] <= row["max"]
+            assert 0 <= row["gap_fraction"] <= 1 and row["register_norm_mean"] > 0
+    model = build_vit(cfg["arch"])
+    model.load_state_dict(load_file(str(tmp_path / "a" / "model.safetensors")))
+    assert len(list((tmp_path / "a" / "snapshots").glob("step_*.safetensors"))) == 1
+
+
+def test_same_seed_same_run(tmp_path):
+    for run in ("a", "b"):
+        main(["--preset", "tiny_test", "--out", str(tmp_path / run)])
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = (json.loads((tmp_path / r / "log.json").read_text()) for r in ("a", "b"))
+    assert la == lb
