@@ -1,0 +1,115 @@
+"""Figures, drawn from data the analyses return. Every figure takes a ``caption`` that
+says which model(s), data, layer and rule produced it; it becomes the figure's title.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+
+def _show_image(ax, image) -> None:
+    ax.imshow(np.asarray(image))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _square(image: Image.Image) -> Image.Image:
+    w, h = image.size
+    s = min(w, h)
+    return image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+
+
+def map_grid(images: Sequence[Image.Image], maps: Mapping[str, np.ndarray], caption: str,
+             cmap: str = "viridis", colorbar_label: str = "token norm") -> plt.Figure:
+    """Rows: images; columns: the image, then one map per entry of ``maps``
+    (``name -> [B, rows, cols]``). Each map has its own colour scale, shared by its column."""
+    n, cols = len(images), 1 + len(maps)
+    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols + 0.8, 2.2 * n + 0.6), squeeze=False,
+                             layout="constrained")
+    for i, im in enumerate(images):
+        _show_image(axes[i, 0], _square(im.convert("RGB")))
+        for j, (name, m) in enumerate(maps.items(), start=1):
+            vmax = float(np.max(m))
+            h = axes[i, j].imshow(m[i], cmap=cmap, vmin=0, vmax=vmax)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            if i == 0:
+                axes[i, j].set_title(name, fontsize=9)
+            if i == n - 1:
+                fig.colorbar(h, ax=axes[:, j].tolist(), shrink=0.5, label=colorbar_label)
+    axes[0, 0].set_title("image", fontsize=9)
+    fig.suptitle(caption, fontsize=9)
+    return fig
+
+
+def layer_histograms(norms: Mapping[str, Mapping[int, np.ndarray]],
+                     thresholds: Mapping[str, Mapping[int, float]], caption: str) -> plt.Figure:
+    """One row per model, one column per layer: histogram of patch-token norms
+    (log count), with the rule's threshold as a dashed line where one was found."""
+    models = list(norms)
+    layers = list(next(iter(norms.values())))
+    fig, axes = plt.subplots(len(models), len(layers), figsize=(2.2 * len(layers), 2.0 * len(models) + 0.8),
+                             squeeze=False)
+    for r, m in enumerate(models):
+        for c, layer in enumerate(layers):
+            ax = axes[r, c]
+            ax.hist(np.ravel(norms[m][layer]), bins=60, color="tab:blue")
+            ax.set_yscale("log")
+            thr = thresholds.get(m, {}).get(layer, float("inf"))
+            if np.isfinite(thr):
+                ax.axvline(thr, color="tab:red", ls="--", lw=1)
+            ax.set_title(f"{m} · layer {layer}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if r == len(models) - 1:
+                ax.set_xlabel("patch norm", fontsize=8)
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def curves(tables: Mapping[str, pd.DataFrame], caption: str) -> plt.Figure:
+    """Per-layer norm statistics (median, p99, max) and outlier % for each model,
+    from :func:`vitreg_lib.outliers.layer_curves` tables."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for k, (name, t) in enumerate(tables.items()):
+        colour = f"C{k}"
+        a1.plot(t["layer"], t["median"], color=colour, label=f"{name} median")
+        a1.plot(t["layer"], t["p99"], color=colour, ls="--", label=f"{name} p99")
+        a1.plot(t["layer"], t["max"], color=colour, ls=":", label=f"{name} max")
+        a2.plot(t["layer"], 100 * t["outlier_fraction"], color=colour, marker="o", label=name)
+    a1.set_xlabel("layer (block index)")
+    a1.set_ylabel("patch-token norm")
+    a1.legend(fontsize=7, ncol=2)
+    a2.set_xlabel("layer (block index)")
+    a2.set_ylabel("outlier patches (%)")
+    a2.set_title(next(iter(tables.values()))["rule"].iloc[0], fontsize=8)
+    a2.legend(fontsize=7)
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def norm_view(image: Image.Image, norm_map: np.ndarray, layer_norms: np.ndarray,
+              threshold: float, caption: str) -> plt.Figure:
+    """One image, its patch-norm map, and the histogram of all patch norms of the layer
+    (over every image analysed) with the rule's threshold — the explorer's view."""
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.1))
+    _show_image(axes[0], _square(image.convert("RGB")))
+    h = axes[1].imshow(norm_map, cmap="viridis", vmin=0)
+    axes[1].set_xticks([])
+    axes[1].set_yticks([])
+    fig.colorbar(h, ax=axes[1], shrink=0.8, label="patch norm")
+    axes[2].hist(np.ravel(layer_norms), bins=60)
+    axes[2].set_yscale("log")
+    if np.isfinite(threshold):
+        axes[2].axvline(threshold, color="tab:red", ls="--", lw=1, label="threshold")
+        axes[2].legend(fontsize=7)
+    axes[2].set_xlabel("patch norm (all images)")
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig
