@@ -1,0 +1,85 @@
+"""Smoke-executes every notebook of _toc.yml through papermill and builds the book
+(tools/build_book.py --mode smoke), then checks what the reader would get."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import build_book  # noqa: E402
+
+from vitreg_lib import data, features, outliers  # noqa: E402
+from vitreg_lib.config import settings  # noqa: E402
+from vitreg_lib.models import load_model  # noqa: E402
+from vitreg_lib.paper import PAPER  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("book")
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "build_book.py"), "--mode", "smoke",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out
+
+
+def test_every_toc_notebook_ran_and_recorded(built):
+    status = json.loads((built / "results" / "_status.json").read_text())
+    assert [s["notebook"] for s in status] == build_book.notebooks()
+    assert all(s["status"] == "ok" and s["mode"] == "smoke" for s in status)
+    for nb in build_book.notebooks():
+        assert (built / "results" / f"{Path(nb).stem}.json").is_file(), nb
+
+
+def test_chapter1_numbers_are_what_the_library_measures(built):
+    rec = json.loads((built / "results" / "01_high_norm_tokens.json").read_text())
+    s = settings("mini", smoke=True)
+    imgs = data.analysis_images(s.n_photos, s.n_scenes, seed=0)
+    for name in s.models:
+        entry = rec[f"outlier_pct_{name}"]
+        assert entry["paper"] == PAPER["F1"]["outlier_pct"] and entry["model"] == name
+        f = features.extract(load_model(name), list(imgs.images.values()), layers=[-1])
+        expect = outliers.summarize(f, -1, outliers.HistogramGap())["outlier_pct"]
+        assert entry["value"] == pytest.approx(expect, abs=1e-6)
+        assert 0 <= entry["value"] <= 100
+        assert "histogram gap" in entry["note"] and "scenes" in entry["note"]
+    assert rec["register_over_patch_norm_mini_reg4"]["value"] > 0
+
+
+def test_book_pages_show_figures_and_links(built):
+    html = built / "_build" / "html"
+    assert (html / "index.html").is_file()
+    ch1 = (html / "notebooks" / "01_high_norm_tokens.html").read_text()
+    assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", ch1)) >= 5
+    assert "Paper vs here" in ch1 and "google.colab" not in ch1  # setup cell hidden
+    intro = (html / "book" / "intro.html").read_text()
+    assert build_book.colab_url("notebooks/01_high_norm_tokens.ipynb") in intro
+    assert "notebooks/01_high_norm_tokens.ipynb" in (html / "book" / "status.html").read_text()
+
+
+def test_repository_url_is_one_setting():
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    for nb in build_book.notebooks():
+        text = (ROOT / nb).read_text()
+        assert f"git+{url}" in text, f"{nb}: Colab install cell must use {url}"
+    readme = (ROOT / "README.md").read_text()
+    for nb in build_book.notebooks():
+        assert build_book.colab_url(nb) in readme, f"README lacks the Colab link of {nb}"
+
+
+def test_notebooks_are_committed_without_outputs_and_share_parameters():
+    for nb in build_book.notebooks():
+        cells = json.loads((ROOT / nb).read_text())["cells"]
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert all(not c["outputs"] and c["execution_count"] is None for c in code), nb
+        params = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+        assert len(params) == 1, nb
+        src = "".join(params[0]["source"])
+        for name in ("smoke", "tier", "device", "seed"):
+            assert re.search(rf"^{name} = ", src, re.M), (nb, name)
