@@ -47,6 +47,8 @@ class TrainConfig:
     cls_token: bool = True
     task: str = "count_shape"
     max_objects: int = 3
+    min_object: float = 0.15  # object side as a share of the image: smaller = more background
+    max_object: float = 0.35
     n_train: int = 20000
     n_val: int = 500
     steps: int = 600
@@ -131,9 +133,10 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    train_set = make_scenes(cfg.n_train, seed=cfg.seed, size=cfg.img_size, max_objects=cfg.max_objects)
-    val_set = make_scenes(cfg.n_val, seed=10_000 + cfg.seed, size=cfg.img_size,
-                          max_objects=cfg.max_objects)
+    scene = dict(size=cfg.img_size, max_objects=cfg.max_objects, min_object=cfg.min_object,
+                 max_object=cfg.max_object)
+    train_set = make_scenes(cfg.n_train, seed=cfg.seed, **scene)
+    val_set = make_scenes(cfg.n_val, seed=10_000 + cfg.seed, **scene)
     x_train, y_train = _to_tensor(train_set.images), torch.from_numpy(train_set.label(cfg.task))
     x_val, y_val = _to_tensor(val_set.images), torch.from_numpy(val_set.label(cfg.task))
     probe = x_val[: cfg.probe_images]
@@ -176,10 +179,10 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
     save_file(model.state_dict(), str(out / "model.safetensors"))
     config = dict(
         arch=arch,
-        data=dict(dataset="scenes", mean=MEAN, std=STD, task=cfg.task, max_objects=cfg.max_objects,
-                  n_train=cfg.n_train, seed=cfg.seed),
+        data=dict(dataset="scenes", mean=MEAN, std=STD, task=cfg.task, n_train=cfg.n_train,
+                  seed=cfg.seed, **scene),
         train=dataclasses.asdict(cfg),
-        result=dict(val_acc=log[-1]["val_acc"], chance=1 / num_classes, wall_s=round(wall, 1),
+        result=dict(val_acc=log[-1]["val_acc"], chance=1 / num_classes, wall_s=round(wall, 2),
                     hardware=f"{platform.processor() or platform.machine()}, "
                              f"{cfg.threads} CPU thread(s), torch {torch.__version__}",
                     command=command),
@@ -187,6 +190,26 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
     (out / "config.json").write_text(json.dumps(config, indent=1))
     (out / "log.json").write_text(json.dumps(log))
     return config
+
+
+def summarize_log(log: list[dict], min_fraction: float = 0.002) -> dict:
+    """What a training log says about outliers: at the end, the layer with the largest
+    gap-rule outlier fraction, that fraction, the largest max/median patch-norm ratio
+    over layers, and the first logged point (as a fraction of training) from which some
+    layer keeps at least ``min_fraction`` of its patches above a histogram gap."""
+    last = log[-1]["layers"]
+    best = max(last, key=lambda r: r["gap_fraction"])
+    emerged_at = None
+    for entry in log:
+        if max(r["gap_fraction"] for r in entry["layers"]) >= min_fraction:
+            if emerged_at is None:
+                emerged_at = entry["fraction"]
+        else:
+            emerged_at = None
+    return dict(val_acc=log[-1]["val_acc"], best_layer=best["layer"],
+                outlier_fraction=best["gap_fraction"],
+                max_over_median=max(r["max"] / r["median"] for r in last),
+                emerged_at=emerged_at)
 
 
 def main(argv: list[str] | None = None) -> None:
