@@ -1,5 +1,7 @@
 """Shared tiny models: random timm ViTs small enough for a unit test."""
 
+from pathlib import Path  # noqa: F401 (used in a type hint)
+
 import pytest
 import torch
 
@@ -27,3 +29,20 @@ def tiny_model():
 def images():
     torch.manual_seed(1)
     return torch.randn(5, 3, 16, 16)
+
+
+def fill_hub_cache(cache: "Path", timm_name: str) -> None:
+    """Put randomly initialised weights where the Hugging Face hub client caches
+    ``timm/<timm_name>``, so the real hub loading path runs offline
+    (with ``HF_HUB_CACHE=cache`` and ``HF_HUB_OFFLINE=1``)."""
+    import timm
+    from safetensors.torch import save_file
+
+    folder = cache / f"models--timm--{timm_name}"
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_file(timm.create_model(timm_name, pretrained=False).state_dict(), str(snap / "model.safetensors"))

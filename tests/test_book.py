@@ -83,3 +83,25 @@ def test_notebooks_are_committed_without_outputs_and_share_parameters():
         src = "".join(params[0]["source"])
         for name in ("smoke", "tier", "device", "seed"):
             assert re.search(rf"^{name} = ", src, re.M), (nb, name)
+
+
+def test_chapter1_runs_unedited_on_the_pretrained_tier(tmp_path, monkeypatch):
+    """What a Colab reader runs (tier "pretrained", smoke), through the real hub loading
+    path, offline: the hub cache holds random weights, so only the code path is tested."""
+    import papermill as pm
+    from conftest import fill_hub_cache
+
+    from vitreg_lib.models import get_spec
+
+    s = settings("pretrained", smoke=True)
+    for name in s.models:
+        fill_hub_cache(tmp_path / "hub", get_spec(name).source)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("VITREG_RESULTS_DIR", str(tmp_path / "results"))
+    nb = "notebooks/01_high_norm_tokens.ipynb"
+    pm.execute_notebook(str(ROOT / nb), str(tmp_path / "out.ipynb"), kernel_name="vitreg",
+                        parameters=dict(smoke=True, tier="pretrained"), cwd=str(ROOT), progress_bar=False)
+    rec = json.loads((tmp_path / "results" / "01_high_norm_tokens.json").read_text())
+    assert {f"outlier_pct_{m}" for m in s.models} <= set(rec)
+    assert rec["outlier_pct_dinov2_s_reg"]["note"].endswith("2 skimage photos")

@@ -1,9 +1,13 @@
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 import timm
 import torch
+from conftest import fill_hub_cache
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -55,15 +59,20 @@ def test_pretrained_loading_path_with_local_safetensors(tmp_path):
         load_model("dinov2_s_reg", weights=tmp_path / "x.bin")
 
 
-def test_hub_unreachable_is_a_clear_error_not_a_swap(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelUnavailableError, match="needs network access .* mini tier"):
-        load_model("dinov2_s")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    with pytest.raises(ModelUnavailableError, match="unreachable"):
-        load_model("deit3_s")
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter: the hub client reads its settings at import."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_hub_unreachable_is_a_clear_error_not_a_swap(tmp_path):
+    code = "from vitreg_lib.models import load_model; load_model({!r})"
+    offline = run_python(code.format("dinov2_s"), HF_HUB_CACHE=str(tmp_path), HF_HUB_OFFLINE="1")
+    assert "ModelUnavailableError" in offline.stderr
+    assert "needs network access the first time" in offline.stderr and "mini tier" in offline.stderr
+    closed = run_python(code.format("deit3_s"), HF_HUB_CACHE=str(tmp_path), HF_HUB_OFFLINE="0",
+                        HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens there
+    assert "ModelUnavailableError" in closed.stderr and "unreachable" in closed.stderr
 
 
 def test_missing_mini_checkpoint(monkeypatch, tmp_path):
@@ -97,3 +106,24 @@ def test_preprocess_modes_sizes_and_errors():
         preprocess(Image.new("RGB", (40, 40)), 18, mean, std, 4)
     with pytest.raises(TypeError, match="expected a PIL.Image"):
         preprocess([torch.zeros(3, 8, 8)], 16, mean, std, 4)
+
+
+def test_hub_path_from_a_filled_cache_and_extraction_at_224(tmp_path):
+    """The real hub path, offline: random weights in the hub client's cache layout."""
+    fill_hub_cache(tmp_path, "vit_small_patch14_reg4_dinov2.lvd142m")
+    code = """
+import torch
+from PIL import Image
+from vitreg_lib.models import load_model
+from vitreg_lib.features import extract
+lm = load_model("dinov2_s_reg")
+x = lm.preprocess([Image.new("RGB", (300, 240), "gray"), Image.new("RGB", (224, 224), "red")])
+f = extract(lm, x, layers=[0, 11], final=True, attention=True)
+ref = lm.model.forward_intermediates(x, indices=[0, 11], output_fmt="NLC", intermediates_only=True)
+torch.testing.assert_close(f.patches(11), ref[1], rtol=1e-4, atol=1e-4)
+assert f.layout.grid == (16, 16) and f.registers(0).shape == (2, 4, 384)
+assert f.cls_attention(11).shape == (2, 6, 16, 16)
+print("OK")
+"""
+    proc = run_python(code, HF_HUB_CACHE=str(tmp_path), HF_HUB_OFFLINE="1")
+    assert proc.stdout.strip() == "OK", proc.stderr[-3000:]

@@ -320,21 +320,21 @@ def _unavailable(spec: ModelSpec, cause: str) -> ModelUnavailableError:
 def _check_hub(spec: ModelSpec, timeout: float = 5.0) -> None:
     """Fail in seconds, not after the hub client's minute of retries, when the weights
     are neither cached nor reachable."""
-    import os
     import socket
     from urllib.parse import urlparse
 
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
 
     repo = f"timm/{spec.source}"
     if any(isinstance(try_to_load_from_cache(repo, f), str)
            for f in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin")):
         return
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    if constants.HF_HUB_OFFLINE:
         raise _unavailable(spec, "HF_HUB_OFFLINE is set and the weights are not in the cache.")
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    host = urlparse(constants.ENDPOINT).hostname
+    port = urlparse(constants.ENDPOINT).port or 443
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:
         raise _unavailable(spec, f"{host} is unreachable ({err}) and the weights are not "
                                  "in the cache.") from err
