@@ -72,3 +72,13 @@ def test_verdict_reports_what_was_found():
     assert "no outliers among 100" in verdict(dict(base, outliers=0))
     text = verdict(dict(base, outliers=3, outlier_pct=3.0, norm_ratio=9.5))
     assert "3 of 100" in text and "3.00 %" in text and "9.5x" in text
+
+
+def test_split_layer_is_first_layer_over_the_fraction():
+    import pandas as pd
+
+    from vitreg_lib.outliers import split_layer
+
+    t = pd.DataFrame(dict(layer=[0, 1, 2, 3], outlier_fraction=[0.0, 0.001, 0.02, 0.0]))
+    assert split_layer(t) == 2 and split_layer(t, min_fraction=0.0005) == 1
+    assert split_layer(t.assign(outlier_fraction=0.0)) is None

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -47,3 +48,15 @@ def test_summarize_log_finds_lasting_emergence():
     assert s["emerged_at"] == 0.75 and s["best_layer"] == 1 and s["outlier_fraction"] == 0.03
     assert s["max_over_median"] == 10.0
     assert summarize_log([entry(0.0, 0.0), entry(1.0, 0.0)])["emerged_at"] is None
+
+
+def test_log_table_and_bundled_logs():
+    from vitreg_lib.models import training_log
+    from vitreg_lib.train import log_table
+
+    log = training_log("mini_reg0")
+    t = log_table(log)
+    assert len(t) == len(log) * len(log[0]["layers"])
+    assert (t["max_over_median"] >= 1).all() and t["fraction"].max() == 1.0
+    with pytest.raises(ValueError, match="no training log"):
+        training_log("dinov2_s")

@@ -344,6 +344,18 @@ def mini_dir(spec: ModelSpec) -> Path:
     return ASSETS / spec.source
 
 
+def training_log(name: str) -> list[dict]:
+    """The training log bundled with a mini model (see :mod:`vitreg_lib.train`)."""
+    spec = get_spec(name)
+    if spec.tier != "mini":
+        raise ValueError(f"{name} is a pretrained model: no training log ships with it. "
+                         f"Mini models: {', '.join(model_names('mini'))}.")
+    path = mini_dir(spec) / "log.json"
+    if not path.is_file():
+        raise ModelUnavailableError(f"No training log for {name} at {path}.")
+    return json.loads(path.read_text())
+
+
 def _load_mini(spec: ModelSpec) -> LoadedModel:
     from safetensors.torch import load_file
 

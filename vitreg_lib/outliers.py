@@ -248,3 +248,11 @@ def verdict(summary: dict) -> str:
     return head + (f"{summary['outliers']} of {summary['tokens']} patch tokens "
                    f"({summary['outlier_pct']:.2f} %) are outliers; their median norm is "
                    f"{summary['norm_ratio']:.1f}x that of the others.")
+
+
+def split_layer(curves: pd.DataFrame, min_fraction: float = 0.002):
+    """The first layer of a :func:`layer_curves` table where the rule flags at least
+    ``min_fraction`` of the patches (the paper's "the high mode splits off"), or
+    ``None`` when no layer does."""
+    hit = curves[curves["outlier_fraction"] >= min_fraction]
+    return None if hit.empty else hit["layer"].iloc[0]

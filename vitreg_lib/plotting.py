@@ -113,3 +113,28 @@ def norm_view(image: Image.Image, norm_map: np.ndarray, layer_norms: np.ndarray,
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def training_curves(table: pd.DataFrame, caption: str, paper_fraction: float | None = None) -> plt.Figure:
+    """From :func:`vitreg_lib.train.log_table`: outlier % (gap rule) and max/median
+    patch norm of each layer against the share of training done, with accuracy."""
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.4))
+    for layer, t in table.groupby("layer"):
+        a1.plot(t["fraction"], 100 * t["gap_fraction"], marker=".", label=f"layer {layer}")
+        a2.plot(t["fraction"], t["max_over_median"], marker=".", label=f"layer {layer}")
+    acc = table.drop_duplicates("step")
+    a3.plot(acc["fraction"], 100 * acc["val_acc"], color="k", marker=".")
+    a1.set_ylabel("outlier patches (%), histogram gap")
+    a2.set_ylabel("max / median patch norm")
+    a3.set_ylabel("validation accuracy (%)")
+    for ax in (a1, a2, a3):
+        ax.set_xlabel("share of training done")
+        if paper_fraction is not None:
+            ax.axvline(paper_fraction, color="tab:red", ls="--", lw=1)
+    a1.legend(fontsize=7)
+    if paper_fraction is not None:
+        a1.text(paper_fraction, a1.get_ylim()[1], " paper: outliers from here", color="tab:red",
+                fontsize=7, va="top")
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig

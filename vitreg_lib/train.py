@@ -155,6 +155,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
                          val_acc=accuracy(model, x_val, y_val),
                          layers=norm_stats(model, probe, "training"))
             log.append(entry)
+            (out / "log.json").write_text(json.dumps(log))  # readable while training runs
             running = []
             print(f"step {step}/{cfg.steps} loss {entry['loss']} val_acc {entry['val_acc']:.3f}",
                   flush=True)
@@ -190,6 +191,17 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
     (out / "config.json").write_text(json.dumps(config, indent=1))
     (out / "log.json").write_text(json.dumps(log))
     return config
+
+
+def log_table(log: list[dict]):
+    """A training log as one row per (logged step, layer), for plots and tables."""
+    import pandas as pd
+
+    rows = [dict(step=e["step"], fraction=e["fraction"], val_acc=e["val_acc"], loss=e["loss"], **r)
+            for e in log for r in e["layers"]]
+    df = pd.DataFrame(rows)
+    df["max_over_median"] = df["max"] / df["median"]
+    return df
 
 
 def summarize_log(log: list[dict], min_fraction: float = 0.002) -> dict:
