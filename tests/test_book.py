@@ -105,3 +105,17 @@ def test_chapter1_runs_unedited_on_the_pretrained_tier(tmp_path, monkeypatch):
     rec = json.loads((tmp_path / "results" / "01_high_norm_tokens.json").read_text())
     assert {f"outlier_pct_{m}" for m in s.models} <= set(rec)
     assert rec["outlier_pct_dinov2_s_reg"]["note"].endswith("2 skimage photos")
+
+
+def test_chapter2_numbers_are_what_the_library_measures(built):
+    from vitreg_lib.models import training_log
+    from vitreg_lib.train import summarize_log
+
+    rec = json.loads((built / "results" / "02_where_and_when.json").read_text())
+    s = settings("mini", smoke=True)
+    assert rec["emergence_fraction"]["value"] == summarize_log(training_log(s.log_model))["emerged_at"]
+    assert rec["emergence_fraction"]["paper"] == pytest.approx(1 / 3, abs=1e-3)
+    for name in s.sizes:
+        split = rec[f"split_depth_{name}"]["value"]
+        assert split is None or 0 <= split < 1
+        assert 0 <= rec[f"max_outlier_pct_{name}"]["value"] <= 100

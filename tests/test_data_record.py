@@ -66,3 +66,13 @@ def test_image_set_showcase_mixes_photos_and_scenes():
     assert s.showcase(4) == ["astronaut", "chelsea", "scene_0", "scene_1"]
     assert analysis_images(0, 3).showcase(4) == ["scene_0", "scene_1", "scene_2"]
     assert analysis_images(3, 0).showcase(2) == ["astronaut", "chelsea"]
+
+
+def test_separate_scenes_have_disjoint_boxes():
+    s = make_scenes(40, seed=2, max_objects=4, separate=True)
+    for boxes in s.boxes:
+        for i in range(len(boxes)):
+            for j in range(i):
+                a, b = boxes[i], boxes[j]
+                assert a[0] > b[2] or a[2] < b[0] or a[1] > b[3] or a[3] < b[1]
+    assert np.array_equal(make_scenes(5, seed=1).images, make_scenes(5, seed=1, separate=False).images)

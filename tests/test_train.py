@@ -60,3 +60,13 @@ def test_log_table_and_bundled_logs():
     assert (t["max_over_median"] >= 1).all() and t["fraction"].max() == 1.0
     with pytest.raises(ValueError, match="no training log"):
         training_log("dinov2_s")
+
+
+def test_logged_run_bundled_and_retrained(monkeypatch, tmp_path):
+    from vitreg_lib import train as tr
+
+    log, source = tr.logged_run("mini_reg0")
+    assert source == "bundled log of mini_reg0" and log[-1]["fraction"] == 1.0
+    monkeypatch.setitem(tr.PRESETS, "mini_reg0", PRESETS["tiny_test"])
+    log, source = tr.logged_run("mini_reg0", retrain=True, out=tmp_path)
+    assert "retrained live" in source and [e["step"] for e in log] == [0, PRESETS["tiny_test"].steps]

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .models import REGISTRY
+
 TIERS = ("mini", "pretrained")
+#: the mini models without registers, smallest first, that chapter 2 compares by size
+MINI_SIZES = ("mini_s_reg0", "mini_reg0", "mini_l_reg0")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,9 @@ class Settings:
     n_scenes: int  # procedural scenes (mini tier: the training distribution)
     batch_size: int
     hist_layers: int  # how many layers the histogram grid shows
+    sizes: tuple[str, ...] = ()  # models without registers, smallest first (chapter 2)
+    log_model: str = "mini_reg0"  # the model whose bundled training log chapter 2 reads
+    retrain: bool = False  # chapter 2 retrains log_model live (full mode on a GPU only)
 
     @property
     def models(self) -> list[str]:
@@ -48,9 +55,12 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto") -> S
     if tier == "mini":
         pairs = (("mini_reg0", "mini_reg4"),)
         n_photos, n_scenes, batch = (2, 16, 16) if smoke else (4, 256, 64)
+        sizes = tuple(n for n in MINI_SIZES if n in REGISTRY)
     else:
         pairs = (("dinov2_s", "dinov2_s_reg"),) if smoke else (
             ("dinov2_s", "dinov2_s_reg"), ("dinov2_b", "dinov2_b_reg"), ("dinov2_l", "dinov2_l_reg"))
         n_photos, n_scenes, batch = (2, 0, 4) if smoke else (4, 0, 8)
+        sizes = ("dinov2_s",) if smoke else ("dinov2_s", "dinov2_b", "dinov2_l", "dinov2_g")
     return Settings(tier, smoke, device, pairs, n_photos, n_scenes, batch,
-                    hist_layers=4 if smoke else 6)
+                    hist_layers=4 if smoke else 6, sizes=sizes,
+                    retrain=device.startswith("cuda") and not smoke)

@@ -143,8 +143,11 @@ class Scenes:
 
 def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
                 min_object: float = 0.15, max_object: float = 0.35,
-                noise: float = 0.02) -> Scenes:
+                noise: float = 0.02, separate: bool = False) -> Scenes:
     """``n`` scenes, identical for identical arguments.
+
+    ``separate=True`` places objects so that their boxes do not touch (a count is then
+    unambiguous); an object that finds no free place in 100 tries is left out.
 
     Background: one random colour with a gentle linear gradient and faint noise.
     Objects: 1..``max_objects`` squares, circles or triangles of side
@@ -167,7 +170,13 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
         bx, sh = [], []
         for _ in range(k):
             side = int(rng.integers(max(3, round(min_object * size)), round(max_object * size) + 1))
-            x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            for _try in range(100 if separate else 1):
+                x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
+                if not separate or all(x0 > b[2] or x0 + side < b[0] or y0 > b[3] or y0 + side < b[1]
+                                       for b in bx):
+                    break
+            else:
+                continue
             kind = int(rng.integers(len(SHAPES)))
             u, v = xx - x0, yy - y0
             inside = (u >= 0) & (u < side) & (v >= 0) & (v < side)

@@ -206,6 +206,10 @@ class LoadedModel:
         ps = self.model.patch_embed.patch_size
         return ps if isinstance(ps, int) else ps[0]
 
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
     def layout(self, image_hw: tuple[int, int] | None = None) -> TokenLayout:
         hw = image_hw or (self.img_size, self.img_size)
         return layout_of(self.model, hw)

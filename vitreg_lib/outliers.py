@@ -256,3 +256,15 @@ def split_layer(curves: pd.DataFrame, min_fraction: float = 0.002):
     ``None`` when no layer does."""
     hit = curves[curves["outlier_fraction"] >= min_fraction]
     return None if hit.empty else hit["layer"].iloc[0]
+
+
+def depth_summary(features, rule: Rule, min_fraction: float = 0.002) -> dict:
+    """Where in depth a model's outliers are: the split layer (first layer with at least
+    ``min_fraction`` flagged), the layer with the most, and that share."""
+    curves = layer_curves(features, rule)
+    top = curves.loc[curves["outlier_fraction"].idxmax()]
+    split = split_layer(curves, min_fraction)
+    return dict(model=features.model_name, blocks=features.depth, split_layer=split,
+                split_depth=None if split is None else split / features.depth,
+                most_layer=int(top["layer"]), max_outlier_pct=100 * float(top["outlier_fraction"]),
+                rule=rule.describe())

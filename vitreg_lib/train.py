@@ -49,6 +49,7 @@ class TrainConfig:
     max_objects: int = 3
     min_object: float = 0.15  # object side as a share of the image: smaller = more background
     max_object: float = 0.35
+    separate_objects: bool = False  # boxes never touch, so counts are unambiguous
     n_train: int = 20000
     n_val: int = 500
     steps: int = 600
@@ -58,6 +59,7 @@ class TrainConfig:
     warmup: int = 100
     seed: int = 0
     threads: int = 1
+    device: str = "cpu"
     log_points: int = 25
     probe_images: int = 128
     snapshots: list[float] = field(default_factory=list)
@@ -116,8 +118,15 @@ def norm_stats(model: torch.nn.Module, probe: torch.Tensor, name: str) -> list[d
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
-    pred = torch.cat([model(xb).argmax(-1) for xb in torch.split(x, 256)])
+    device = next(model.parameters()).device
+    pred = torch.cat([model(xb.to(device)).argmax(-1).cpu() for xb in torch.split(x, 256)])
     return float((pred == y).float().mean())
+
+
+def _hardware(cfg: TrainConfig) -> str:
+    where = (torch.cuda.get_device_name(torch.device(cfg.device)) if cfg.device.startswith("cuda")
+             else f"{platform.processor() or platform.machine()}, {cfg.threads} CPU thread(s)")
+    return f"{where}, torch {torch.__version__}"
 
 
 def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
@@ -134,7 +143,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     scene = dict(size=cfg.img_size, max_objects=cfg.max_objects, min_object=cfg.min_object,
-                 max_object=cfg.max_object)
+                 max_object=cfg.max_object, separate=cfg.separate_objects)
     train_set = make_scenes(cfg.n_train, seed=cfg.seed, **scene)
     val_set = make_scenes(cfg.n_val, seed=10_000 + cfg.seed, **scene)
     x_train, y_train = _to_tensor(train_set.images), torch.from_numpy(train_set.label(cfg.task))
@@ -142,7 +151,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
     probe = x_val[: cfg.probe_images]
     num_classes = train_set.num_classes(cfg.task)
     arch = cfg.arch(num_classes)
-    model = build_vit(arch)
+    model = build_vit(arch).to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     log_at = sorted({round(i * cfg.steps / (cfg.log_points - 1)) for i in range(cfg.log_points)})
@@ -160,13 +169,14 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
             print(f"step {step}/{cfg.steps} loss {entry['loss']} val_acc {entry['val_acc']:.3f}",
                   flush=True)
         if step in snap_at:
-            save_file(model.state_dict(), str(out / "snapshots" / f"step_{step:06d}.safetensors"))
+            save_file({k: v.cpu() for k, v in model.state_dict().items()},
+                      str(out / "snapshots" / f"step_{step:06d}.safetensors"))
         if step == cfg.steps:
             break
         model.train()
         idx = torch.randint(0, len(x_train), (cfg.batch,), generator=gen)
-        xb, yb = x_train[idx], y_train[idx]
-        flip = torch.rand(cfg.batch, generator=gen) < 0.5
+        xb, yb = x_train[idx].to(cfg.device), y_train[idx].to(cfg.device)
+        flip = (torch.rand(cfg.batch, generator=gen) < 0.5).to(cfg.device)
         xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
@@ -177,6 +187,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
         running.append(loss.item())
 
     wall = time.time() - t0
+    model.cpu()
     save_file(model.state_dict(), str(out / "model.safetensors"))
     config = dict(
         arch=arch,
@@ -184,8 +195,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
                   seed=cfg.seed, **scene),
         train=dataclasses.asdict(cfg),
         result=dict(val_acc=log[-1]["val_acc"], chance=1 / num_classes, wall_s=round(wall, 2),
-                    hardware=f"{platform.processor() or platform.machine()}, "
-                             f"{cfg.threads} CPU thread(s), torch {torch.__version__}",
+                    hardware=_hardware(cfg),
                     command=command),
     )
     (out / "config.json").write_text(json.dumps(config, indent=1))
@@ -245,3 +255,21 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def logged_run(name: str, retrain: bool = False, device: str = "cpu",
+               out: str | Path | None = None) -> tuple[list[dict], str]:
+    """The training log of mini model ``name``: the bundled one, or (``retrain=True``) a
+    fresh run of its preset on ``device``. Returns the log and a line saying which."""
+    from .models import training_log
+
+    if not retrain:
+        return training_log(name), f"bundled log of {name}"
+    import tempfile
+
+    folder = Path(out or tempfile.mkdtemp(prefix=f"{name}_"))
+    cfg = dataclasses.replace(PRESETS[name], device=device)
+    result = train(cfg, folder, command=f"logged_run({name!r}, retrain=True, device={device!r})")
+    log = json.loads((folder / "log.json").read_text())
+    res = result["result"]
+    return log, f"{name} retrained live on {res['hardware']} in {res['wall_s']:.0f} s"
