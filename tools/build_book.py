@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+CELL_TIMEOUT_S = 900  # a cell that runs longer fails the build instead of hanging it
 
 
 def toc_files(root: Path = ROOT) -> list[str]:
@@ -78,9 +79,12 @@ def execute(nb: str, out: Path, mode: str, tier: str, kernel: str) -> dict:
     status = "ok"
     try:
         pm.execute_notebook(str(ROOT / nb), str(target), parameters=dict(smoke=mode == "smoke", tier=tier),
-                            kernel_name=kernel, cwd=str(ROOT), progress_bar=False)
+                            kernel_name=kernel, cwd=str(ROOT), progress_bar=False,
+                            execution_timeout=CELL_TIMEOUT_S)
     except pm.PapermillExecutionError as err:
         status = f"failed in cell {err.exec_count}: {err.ename}: {err.evalue}"
+    except TimeoutError as err:  # nbclient's CellTimeoutError derives from it
+        status = f"a cell ran past {CELL_TIMEOUT_S} s: {err}"
     return dict(notebook=nb, status=status, seconds=round(time.time() - t0, 1), mode=mode, tier=tier)
 
 

@@ -33,7 +33,11 @@ def norm_explorer(features: Mapping[str, Features], images: Mapping[str, Image.I
     """Dropdowns for model and image, a slider for the layer; redraws :func:`explorer_view`.
 
     ``features[model]`` must hold the patch tokens of every image in ``images``, in order.
+    The view is rendered to PNG into an ``Image`` widget: no ``Output`` capture, which
+    was seen to hang a headless kernel under papermill once.
     """
+    import io
+
     import ipywidgets as w
 
     models = list(features)
@@ -41,14 +45,14 @@ def norm_explorer(features: Mapping[str, Features], images: Mapping[str, Image.I
     model_dd = w.Dropdown(options=models, description="model")
     image_dd = w.Dropdown(options=list(images), description="image")
     layer_sl = w.IntSlider(value=layers[-1], min=layers[0], max=layers[-1], description="layer")
-    out = w.Output()
+    out = w.Image(format="png")
 
     def redraw(*_):
-        with out:
-            out.clear_output(wait=True)
-            fig = explorer_view(features, images, model_dd.value, image_dd.value, layer_sl.value,
-                                rule, data)
-            plt.show(fig)
+        fig = explorer_view(features, images, model_dd.value, image_dd.value, layer_sl.value, rule, data)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        out.value = buf.getvalue()
 
     for control in (model_dd, image_dd, layer_sl):
         control.observe(redraw, names="value")

@@ -1,0 +1,23 @@
+from conftest import tiny
+from PIL import Image
+
+from vitreg_lib.features import extract
+from vitreg_lib.outliers import HistogramGap
+from vitreg_lib.widgets import explorer_view, norm_explorer
+
+
+def test_explorer_redraws_on_every_control():
+    lm = tiny()
+    images = {"a": Image.new("RGB", (16, 16), "red"), "b": Image.new("RGB", (16, 16), "blue")}
+    feats = {"tiny": extract(lm, list(images.values()), layers="all")}
+    box = norm_explorer(feats, images, HistogramGap(), data="2 test images")
+    model_dd, image_dd, layer_sl = box.children[0].children
+    view = box.children[1]
+    first = view.value
+    assert first[:4] == b"\x89PNG" and layer_sl.max == 2
+    layer_sl.value = 0
+    assert view.value != first
+    image_dd.value = "b"
+    assert view.value[:4] == b"\x89PNG"
+    fig = explorer_view(feats, images, "tiny", "a", 2, HistogramGap(), data="2 test images")
+    assert "tiny · layer 2 · image 'a' · 2 test images" in fig._suptitle.get_text()
