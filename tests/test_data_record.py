@@ -76,3 +76,21 @@ def test_separate_scenes_have_disjoint_boxes():
                 a, b = boxes[i], boxes[j]
                 assert a[0] > b[2] or a[2] < b[0] or a[1] > b[3] or a[3] < b[1]
     assert np.array_equal(make_scenes(5, seed=1).images, make_scenes(5, seed=1, separate=False).images)
+
+
+def test_labelled_images_scenes_and_offline_error(tmp_path, monkeypatch):
+    from vitreg_lib.data import labelled_images
+
+    s = labelled_images("scenes", 10, seed=3)
+    assert len(s.images) == 10 and np.array_equal(s.labels, make_scenes(10, seed=3).label("count"))
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        labelled_images("ImageNet", 5)
+
+    import torchvision
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(RuntimeError, match="downloads from the internet the first time"):
+        labelled_images("CIFAR10", 5, root=tmp_path)

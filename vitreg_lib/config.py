@@ -32,6 +32,9 @@ class Settings:
     sizes: tuple[str, ...] = ()  # models without registers, smallest first (chapter 2)
     log_model: str = "mini_reg0"  # the model whose bundled training log chapter 2 reads
     retrain: bool = False  # chapter 2 retrains log_model live (full mode on a GPU only)
+    probe_dataset: str = "scenes"  # chapters 3-4: labelled images for the probes
+    n_probe: int = 0
+    probe_models: tuple[str, ...] = ()  # without, then with registers
 
     @property
     def models(self) -> list[str]:
@@ -56,11 +59,16 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto") -> S
         pairs = (("mini_reg0", "mini_reg4"),)
         n_photos, n_scenes, batch = (2, 16, 16) if smoke else (4, 256, 64)
         sizes = tuple(n for n in MINI_SIZES if n in REGISTRY)
+        probe_dataset, n_probe = "scenes", (48 if smoke else 512)
+        probe_models = ("mini_reg0", "mini_reg4")
     else:
         pairs = (("dinov2_s", "dinov2_s_reg"),) if smoke else (
             ("dinov2_s", "dinov2_s_reg"), ("dinov2_b", "dinov2_b_reg"), ("dinov2_l", "dinov2_l_reg"))
         n_photos, n_scenes, batch = (2, 0, 4) if smoke else (4, 0, 8)
         sizes = ("dinov2_s",) if smoke else ("dinov2_s", "dinov2_b", "dinov2_l", "dinov2_g")
+        probe_dataset, n_probe = "CIFAR10", (48 if smoke else 600)
+        probe_models = ("dinov2_s", "dinov2_s_reg") if smoke else ("dinov2_l", "dinov2_l_reg")
     return Settings(tier, smoke, device, pairs, n_photos, n_scenes, batch,
                     hist_layers=4 if smoke else 6, sizes=sizes,
-                    retrain=device.startswith("cuda") and not smoke)
+                    retrain=device.startswith("cuda") and not smoke,
+                    probe_dataset=probe_dataset, n_probe=n_probe, probe_models=probe_models)

@@ -230,3 +230,38 @@ def analysis_images(n_photos: int, n_scenes: int, seed: int = 0, scene_size: int
     if not images:
         raise ValueError("No images: ask for n_photos > 0 or n_scenes > 0.")
     return ImageSet(images, scenes, " + ".join(parts))
+
+
+@dataclass
+class LabelledImages:
+    """Images with one global label each (for probes)."""
+
+    images: list[Image.Image]
+    labels: np.ndarray
+    description: str
+    scenes: Scenes | None = None
+
+
+def labelled_images(dataset: str, n: int, seed: int = 0,
+                    root: str | Path = "~/.cache/vitreg") -> LabelledImages:
+    """``n`` labelled images: ``"scenes"`` (label: number of objects minus one; offline)
+    or a torchvision dataset, ``"CIFAR10"`` / ``"CIFAR100"`` (test split, downloaded to
+    ``root`` the first time: needs the network)."""
+    if dataset == "scenes":
+        s = make_scenes(n, seed=seed)
+        return LabelledImages(s.pil(), s.label("count"), f"{n} scenes (seed {seed}), label: object count", s)
+    if dataset not in ("CIFAR10", "CIFAR100"):
+        raise ValueError(f"Unknown dataset {dataset!r}: use 'scenes', 'CIFAR10' or 'CIFAR100'.")
+    import torchvision
+
+    folder = Path(root).expanduser()
+    try:
+        ds = getattr(torchvision.datasets, dataset)(str(folder), train=False, download=True)
+    except Exception as err:  # torchvision raises URLError / RuntimeError offline
+        raise RuntimeError(f"Could not get {dataset} into {folder} ({type(err).__name__}: {err}). "
+                           "It downloads from the internet the first time; offline, use "
+                           "dataset='scenes'.") from err
+    idx = np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)
+    images = [ds[int(i)][0] for i in idx]
+    labels = np.array([ds[int(i)][1] for i in idx])
+    return LabelledImages(images, labels, f"{len(idx)} {dataset} test images (seed {seed}), label: class")

@@ -46,3 +46,17 @@ def cite(finding: str, key: str):
     except KeyError:
         raise KeyError(f"No paper value {finding}/{key}; known: "
                        f"{ {f: list(v) for f, v in PAPER.items()} }") from None
+
+
+def probe_reference() -> dict[tuple[str, str, str], float]:
+    """F4 and F5 (ImageNet-1k) keyed like :mod:`vitreg_lib.probes` results:
+    ``(probe, metric, group) -> value``."""
+    f4, f5 = PAPER["F4"], PAPER["F5"]["IN1k"]
+    out = {}
+    for g in ("normal", "outlier"):
+        out[("position", "top-1 accuracy (%)", g)] = f4["position_top1"][g]
+        out[("position", "mean distance (patches)", g)] = f4["position_distance"][g]
+        out[("pixels", "L2 error (squared, per patch)", g)] = f4["pixel_l2"][g]
+        out[("global", "accuracy (%)", f"{g} patch")] = f5[g]
+    out[("global", "accuracy (%)", "cls")] = f5["cls"]
+    return out

@@ -138,3 +138,57 @@ def training_curves(table: pd.DataFrame, caption: str, paper_fraction: float | N
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def densities(groups: Mapping[str, Mapping[str, np.ndarray]], xlabel: str, caption: str) -> plt.Figure:
+    """One panel per model: normalised histograms of a value for each token group
+    (e.g. normal vs outlier), with the group's token count in the legend."""
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
+    for ax, (model, by_group) in zip(axes[0], groups.items()):
+        for k, (group, values) in enumerate(by_group.items()):
+            values = np.ravel(values)
+            if values.size:
+                ax.hist(values, bins=40, range=(-1, 1), density=True, alpha=0.55, color=f"C{k}",
+                        label=f"{group} (n={values.size})")
+            else:
+                ax.plot([], [], color=f"C{k}", label=f"{group} (none)")
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def probe_bars(frame: pd.DataFrame, caption: str) -> plt.Figure:
+    """Bars with 95 % intervals, one panel per (probe, metric) and model; a group
+    that was not measured (too few tokens) is marked "n/a"."""
+    keys = list(dict.fromkeys(zip(frame["probe"], frame["metric"])))
+    models = list(dict.fromkeys(frame["model"]))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.0 * len(keys), 3.4), squeeze=False)
+    for ax, (probe, metric) in zip(axes[0], keys):
+        sub = frame[(frame["probe"] == probe) & (frame["metric"] == metric)]
+        groups = list(dict.fromkeys(sub["group"]))
+        width = 0.8 / len(models)
+        labelled = set()
+        for j, model in enumerate(models):
+            for i, group in enumerate(groups):
+                row = sub[(sub["model"] == model) & (sub["group"] == group)]
+                x = i + (j - (len(models) - 1) / 2) * width
+                if row.empty:
+                    continue
+                r = row.iloc[0]
+                if r["value"] is None or pd.isna(r["value"]):
+                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+                    continue
+                ax.bar(x, r["value"], width, color=f"C{j}", label=None if model in labelled else model,
+                       yerr=[[r["value"] - r["low"]], [r["high"] - r["value"]]], capsize=3)
+                labelled.add(model)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, fontsize=8, rotation=20)
+        ax.set_title(f"{probe}: {metric}", fontsize=9)
+        if labelled:
+            ax.legend(fontsize=7)
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig
