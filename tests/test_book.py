@@ -119,3 +119,24 @@ def test_chapter2_numbers_are_what_the_library_measures(built):
         split = rec[f"split_depth_{name}"]["value"]
         assert split is None or 0 <= split < 1
         assert 0 <= rec[f"max_outlier_pct_{name}"]["value"] <= 100
+
+
+def test_chapters3_and_4_recorded_numbers(built):
+    from vitreg_lib.paper import probe_reference
+
+    s = settings("mini", smoke=True)
+    ch3 = json.loads((built / "results" / "03_redundant_patches.json").read_text())
+    ch4 = json.loads((built / "results" / "04_local_and_global.json").read_text())
+    ref = set(probe_reference().values())
+    for name in s.probe_models:
+        assert -1 <= ch3[f"median_similarity_normal_{name}"]["value"] <= 1
+        assert -1 <= ch3[f"similarity_norm_spearman_{name}"]["value"] <= 1
+        top1 = ch4[f"position_top1_normal_{name}"]
+        assert 0 <= top1["value"] <= 100 and top1["paper"] == 41.7 and "95 % interval [" in top1["note"]
+        cls = ch4[f"global_accuracy_cls_{name}"]
+        assert 0 <= cls["value"] <= 100 and cls["paper"] == 86.0
+        for key, entry in ch4.items():  # a group too small to measure carries no number, and says so
+            if entry["value"] is None:
+                assert "too few" in entry["note"], key
+            if entry["paper"] is not None:
+                assert entry["paper"] in ref, key

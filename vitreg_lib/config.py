@@ -59,7 +59,7 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto") -> S
         pairs = (("mini_reg0", "mini_reg4"),)
         n_photos, n_scenes, batch = (2, 16, 16) if smoke else (4, 256, 64)
         sizes = tuple(n for n in MINI_SIZES if n in REGISTRY)
-        probe_dataset, n_probe = "scenes", (48 if smoke else 512)
+        probe_dataset, n_probe = "scenes", (80 if smoke else 512)
         probe_models = ("mini_reg0", "mini_reg4")
     else:
         pairs = (("dinov2_s", "dinov2_s_reg"),) if smoke else (
