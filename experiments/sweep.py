@@ -23,28 +23,31 @@ from vitreg_lib.train import summarize_log  # noqa: E402
 
 # name -> (preset, overrides, hypothesis)
 EXPERIMENTS = {
-    "r1_base_long": ("mini_reg0", dict(steps=1200),
+    "r1_base_long": ("mini_v1", dict(steps=1200),
                      "the first recipe, trained twice as long"),
-    "r1_avgpool": ("mini_reg0", dict(steps=1200, cls_token=False),
+    "r1_avgpool": ("mini_v1", dict(steps=1200, cls_token=False),
                    "without [CLS] the model has no built-in token to park attention in"),
-    "r1_lr3e-3_wd0": ("mini_reg0", dict(steps=1200, lr=3e-3, weight_decay=0.0),
+    "r1_lr3e-3_wd0": ("mini_v1", dict(steps=1200, lr=3e-3, weight_decay=0.0),
                       "a larger learning rate and no weight decay grow outlier features (He et al.)"),
-    "r1_small_objects": ("mini_reg0", dict(steps=1200, min_object=0.08, max_object=0.2),
+    "r1_small_objects": ("mini_v1", dict(steps=1200, min_object=0.08, max_object=0.2),
                          "more redundant background patches to recycle"),
     # round 2: round 1 models reached 30-43 % accuracy; overlapping objects make counts
     # ambiguous. Separate objects and an unambiguous task let the model learn more in
     # the same steps (outliers appear in well-trained models).
-    "r2_sep_count": ("mini_reg0", dict(steps=1500, separate_objects=True, task="count", max_objects=4),
+    "r2_sep_count": ("mini_v1", dict(steps=1500, separate_objects=True, task="count", max_objects=4),
                      "a well-learned, unambiguous global task (count 1-4 separate objects)"),
-    "r2_sep_count_avgpool": ("mini_reg0", dict(steps=1500, separate_objects=True, task="count",
+    "r2_sep_count_avgpool": ("mini_v1", dict(steps=1500, separate_objects=True, task="count",
                                                max_objects=4, cls_token=False),
                              "the same without [CLS] (round 1: avg-pool learned fastest)"),
-    "r2_sep_count_wd03": ("mini_reg0", dict(steps=1500, separate_objects=True, task="count",
+    "r2_sep_count_wd03": ("mini_v1", dict(steps=1500, separate_objects=True, task="count",
                                             max_objects=4, weight_decay=0.3),
                           "strong weight decay, reported to encourage attention sinks in small LMs"),
-    "r2_sep_count_deep": ("mini_reg0", dict(steps=1500, separate_objects=True, task="count",
+    "r2_sep_count_deep": ("mini_v1", dict(steps=1500, separate_objects=True, task="count",
                                             max_objects=4, depth=10),
                           "more blocks: room for a middle layer to specialise"),
+    # round 3: the best learner of round 2, trained twice as long
+    "r3_sep_count_long": ("mini_v1", dict(steps=3000, separate_objects=True, task="count", max_objects=4),
+                          "outliers need long training (paper: they appear after a third of it)"),
 }
 
 

@@ -96,6 +96,8 @@ def stage(out: Path, runs: list[dict]) -> Path:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(ROOT / name, st / name)
     shutil.copytree(ROOT / "book", st / "book")
+    (st / "experiments").mkdir()
+    shutil.copy(ROOT / "experiments" / "RESULTS.md", st / "experiments" / "RESULTS.md")
     for nb in notebooks():
         (st / nb).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(out / "executed" / nb, st / nb)
