@@ -125,6 +125,7 @@ def training_curves(table: pd.DataFrame, caption: str, paper_fraction: float | N
     acc = table.drop_duplicates("step")
     a3.plot(acc["fraction"], 100 * acc["val_acc"], color="k", marker=".")
     a1.set_ylabel("outlier patches (%), histogram gap")
+    a1.set_ylim(bottom=0)
     a2.set_ylabel("max / median patch norm")
     a3.set_ylabel("validation accuracy (%)")
     for ax in (a1, a2, a3):
