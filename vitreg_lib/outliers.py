@@ -27,7 +27,8 @@ def token_norms(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.float().norm(dim=-1)
 
 
-def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
+def as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A tensor (any device) or array as a NumPy array."""
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
@@ -150,7 +151,7 @@ class OutlierResult:
 
 def detect(norms: torch.Tensor | np.ndarray, rule: Rule) -> OutlierResult:
     """Flag outliers among ``norms`` (any shape; the rule sees all of them at once)."""
-    arr = _np(norms).astype(np.float64)
+    arr = as_numpy(norms).astype(np.float64)
     if arr.size == 0:
         raise ValueError("No norms given.")
     thr = rule.threshold(arr.ravel())
@@ -167,7 +168,7 @@ def layer_curves(features, rule: Rule, part: str = "patches") -> pd.DataFrame:
     for layer in features.layers:
         toks = {"patches": features.patches, "registers": features.registers,
                 "cls": features.cls}[part](layer)
-        n = _np(token_norms(toks)).ravel()
+        n = as_numpy(token_norms(toks)).ravel()
         res = detect(n, rule)
         rows.append(dict(layer=layer, median=float(np.median(n)),
                          p99=float(np.percentile(n, 99)), max=float(n.max()),
@@ -178,7 +179,7 @@ def layer_curves(features, rule: Rule, part: str = "patches") -> pd.DataFrame:
 
 def patch_norm_maps(features, layer) -> np.ndarray:
     """Patch-token norms as maps ``[B, rows, cols]``."""
-    return _np(token_norms(features.patch_grid(layer)))
+    return as_numpy(token_norms(features.patch_grid(layer)))
 
 
 def summarize(features, layer, rule: Rule) -> dict:
@@ -210,7 +211,7 @@ def attention_share(attention_maps: torch.Tensor | np.ndarray, mask: np.ndarray)
     share on flagged patches (mean over heads, renormalised over patches) and the share
     of patches flagged; a ratio above 1 means the flagged patches draw extra attention.
     """
-    a = _np(attention_maps).mean(axis=1)
+    a = as_numpy(attention_maps).mean(axis=1)
     a = a / a.sum(axis=(1, 2), keepdims=True)
     share = float((a * mask).sum() / a.shape[0])
     base = float(mask.mean())

@@ -29,18 +29,16 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .outliers import as_numpy
+
 MIN_TOKENS = 20
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 # ---------------------------------------------------------------- neighbour similarity
 def neighbour_similarity(embeddings, grid: tuple[int, int]) -> np.ndarray:
     """Mean cosine similarity of each patch embedding with its 4 neighbours (fewer at
     the border): ``[B, num_patches, D]`` -> ``[B, rows, cols]``."""
-    e = _np(embeddings).astype(np.float64)
+    e = as_numpy(embeddings).astype(np.float64)
     b, n, d = e.shape
     rows, cols = grid
     if n != rows * cols:
@@ -144,7 +142,8 @@ def local_probes(tokens, outlier_mask, pixels, grid: tuple[int, int], test_share
     the training images (a many-class logistic regression on every token is slow on a
     CPU); every token of the test images is evaluated.
     """
-    x, m, px = _np(tokens), _np(outlier_mask).reshape(len(tokens), -1).astype(bool), _np(pixels)
+    x, px = as_numpy(tokens), as_numpy(pixels)
+    m = as_numpy(outlier_mask).reshape(len(tokens), -1).astype(bool)
     b, n, d = x.shape
     rows, cols = grid
     pos = np.tile(np.arange(n), (b, 1))
@@ -182,7 +181,7 @@ def local_probes(tokens, outlier_mask, pixels, grid: tuple[int, int], test_share
 def patch_pixels(images: torch.Tensor, patch: int) -> np.ndarray:
     """The input pixels under each patch: ``[B, 3, H, W]`` -> ``[B, num_patches, 3·p·p]``
     in the model's row-major patch order."""
-    x = _np(images)
+    x = as_numpy(images)
     b, c, h, w = x.shape
     x = x.reshape(b, c, h // patch, patch, w // patch, patch).transpose(0, 2, 4, 1, 3, 5)
     return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
@@ -192,7 +191,7 @@ def patch_pixels(images: torch.Tensor, patch: int) -> np.ndarray:
 def pick_tokens(patches, outlier_mask, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """One random normal and one random outlier patch per image: name -> (tokens
     ``[k, D]``, image indices ``[k]``). Images without such a patch are left out."""
-    x, m = _np(patches), _np(outlier_mask).reshape(len(patches), -1).astype(bool)
+    x, m = as_numpy(patches), as_numpy(outlier_mask).reshape(len(patches), -1).astype(bool)
     rng = np.random.default_rng(seed)
     out = {}
     for name, sel in (("normal patch", ~m), ("outlier patch", m)):
@@ -211,7 +210,7 @@ def global_probe(token_sets: dict[str, tuple[np.ndarray, np.ndarray]], labels, n
     """Logistic regression from one token per image to the image's label, for each
     entry of ``token_sets`` (name -> (tokens ``[k, D]``, image indices ``[k]``)).
     The split by image is the same for every entry."""
-    y = _np(labels)
+    y = as_numpy(labels)
     train, test = split_images(n_images, test_share, seed)
     out = []
     for name, (x, idx) in token_sets.items():
@@ -237,10 +236,10 @@ def global_token_sets(features, layer, outlier_mask,
     register (if any)."""
     n = features.num_images
     every = np.arange(n)
-    sets = {"cls": (_np(features.cls(layer)), every)} if features.layout.num_cls else {}
+    sets = {"cls": (as_numpy(features.cls(layer)), every)} if features.layout.num_cls else {}
     sets.update(pick_tokens(features.patches(layer), outlier_mask, seed=seed))
     for r in range(features.layout.num_registers):
-        sets[f"register {r}"] = (_np(features.registers(layer)[:, r]), every)
+        sets[f"register {r}"] = (as_numpy(features.registers(layer)[:, r]), every)
     return sets
 
 
@@ -249,7 +248,7 @@ def similarity_norm_correlation(similarity, norms) -> float:
     patches: a graded version of F3 that exists even where no token is an outlier."""
     from scipy.stats import spearmanr
 
-    return float(spearmanr(_np(similarity).ravel(), _np(norms).ravel()).statistic)
+    return float(spearmanr(as_numpy(similarity).ravel(), as_numpy(norms).ravel()).statistic)
 
 
 def headlines(frame: pd.DataFrame, paper: dict, data: str, comparable: str) -> list[dict]:
