@@ -113,7 +113,11 @@ def test_bad_requests():
         extract(lm, x, layers=None)
 
 
-def test_extra_tokens_reported_in_layout(images):
+def test_mlp_layers_of_their_own(images):
+    """The register-neuron search reads the MLPs of several layers and the tokens of one."""
     lm = tiny(registers=0)
-    f = extract(lm, images, layers=[0], extra_tokens=lambda x: torch.cat([x, torch.zeros_like(x[:, :1])], 1))
-    assert f.layout.extra == 1 and f.patches(0).shape[1] == 16
+    both = extract(lm, images, layers=[0, 1], mlp=True)
+    own = extract(lm, images, layers=[1], mlp=[0])
+    assert list(own.mlp) == [0] and list(own.tokens) == [1]
+    assert torch.equal(own.mlp_hidden(0), both.mlp_hidden(0))
+    assert torch.equal(own.layer(1), both.layer(1))

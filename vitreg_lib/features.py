@@ -142,17 +142,17 @@ def _attention_hook(attn: torch.nn.Module, num_prefix: int, sink: list) -> Calla
 
 def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
             layers: int | str | Iterable[int] | None = "all", *, final: bool = False,
-            attention: bool = False, mlp: bool = False, embeddings: bool = False,
-            batch_size: int = 32, progress: bool | None = None,
-            extra_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Features:
+            attention: bool = False, mlp: bool | Iterable[int] = False, embeddings: bool = False,
+            batch_size: int = 32, progress: bool | None = None) -> Features:
     """Run ``lm`` over ``images`` in batches and keep the requested outputs.
 
     ``images``: a preprocessed ``[B, 3, H, W]`` tensor, or PIL images (preprocessed
     with ``lm.preprocess``). ``layers``: ``"all"``, an index, or a list (negative
     indices count from the end). ``attention`` / ``mlp`` apply to the same layers.
-    ``extra_tokens``: a function that receives the sequence after position embeddings
-    and returns it with tokens appended after the patches (used by test-time
-    registers); the layout then reports them as ``extra``.
+    ``mlp``: ``True`` for the same layers, or a list of layers of its own (the
+    register-neuron search reads the MLPs of many layers and the tokens of one).
+    Tokens appended after the patches (test-time registers, see
+    :mod:`vitreg_lib.registers`) are reported by the layout as ``extra``.
     """
     model = lm.model
     depth = len(model.blocks)
@@ -167,14 +167,17 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     if attention and not layout.num_prefix:
         raise ValueError(f"{lm.name} has no [CLS] or register token: there is no prefix "
                          "attention to read. Use attention=False.")
-    last = depth - 1 if final else max(take)
+    mlp_layers = take if mlp is True else _normalise_layers(mlp or None, depth)
+    last = max(take + mlp_layers, default=depth - 1)
+    if final:
+        last = depth - 1
     device = next(model.parameters()).device
 
     store: dict[Layer, list] = {i: [] for i in take}
     if final:
         store["final"] = []
     attn_sinks = {i: [] for i in take} if attention else {}
-    mlp_sinks = {i: [] for i in take} if mlp else {}
+    mlp_sinks = {i: [] for i in mlp_layers}
     emb_sink: list = []
     handles = []
     for i in take:
@@ -185,10 +188,9 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
                                 "attention maps are not supported for this model.")
             handles.append(blk.attn.qkv.register_forward_hook(
                 _attention_hook(blk.attn, layout.num_prefix, attn_sinks[i])))
-        if mlp:
-            sink = mlp_sinks[i]
-            handles.append(blk.mlp.fc2.register_forward_pre_hook(
-                lambda _m, inp, sink=sink: sink.append(inp[0].detach().float().cpu())))
+    for i, sink in mlp_sinks.items():
+        handles.append(model.blocks[i].mlp.fc2.register_forward_pre_hook(
+            lambda _m, inp, sink=sink: sink.append(inp[0].detach().float().cpu())))
 
     batches = list(torch.split(images, batch_size))
     show = (len(batches) > 1) if progress is None else progress
@@ -204,8 +206,6 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
                 x = model._pos_embed(x)
                 x = model.patch_drop(x)
                 x = model.norm_pre(x)
-                if extra_tokens is not None:
-                    x = extra_tokens(x)
                 for i in range(last + 1):
                     x = model.blocks[i](x)
                     if i in store:
@@ -224,8 +224,9 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
         for h in handles:
             h.remove()
 
-    extra = next(iter(store.values()))[0].shape[1] - layout.num_tokens
-    if extra:
+    # tokens after the patches: those the model appended itself (test-time registers)
+    extra = next(iter(store.values()))[0].shape[1] - layout.num_prefix - layout.num_patches
+    if extra != layout.extra:
         layout = TokenLayout(layout.num_cls, layout.num_registers, layout.grid,
                              layout.patch_size, extra=extra)
     return Features(

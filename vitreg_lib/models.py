@@ -169,8 +169,9 @@ class TokenLayout:
         }
 
 
-def layout_of(model: torch.nn.Module, image_hw: tuple[int, int]) -> TokenLayout:
-    """The layout of a timm ``VisionTransformer`` for an input of ``image_hw`` pixels."""
+def layout_of(model: torch.nn.Module, image_hw: tuple[int, int], extra: int = 0) -> TokenLayout:
+    """The layout of a timm ``VisionTransformer`` for an input of ``image_hw`` pixels
+    (``extra``: tokens appended after the patches, e.g. test-time registers)."""
     ps = model.patch_embed.patch_size
     ph, pw = (ps, ps) if isinstance(ps, int) else tuple(ps)
     if ph != pw:
@@ -183,6 +184,7 @@ def layout_of(model: torch.nn.Module, image_hw: tuple[int, int]) -> TokenLayout:
         num_registers=int(getattr(model, "num_reg_tokens", 0) or 0),
         grid=(h // ph, w // pw),
         patch_size=ph,
+        extra=extra,
     )
 
 
@@ -196,6 +198,9 @@ class LoadedModel:
     std: tuple[float, float, float]
     img_size: int
     info: dict = field(default_factory=dict)
+    #: tokens appended after the patches while test-time registers are applied
+    #: (see :mod:`vitreg_lib.registers`); 0 for a plain model
+    extra_tokens: int = 0
 
     @property
     def name(self) -> str:
@@ -212,7 +217,7 @@ class LoadedModel:
 
     def layout(self, image_hw: tuple[int, int] | None = None) -> TokenLayout:
         hw = image_hw or (self.img_size, self.img_size)
-        return layout_of(self.model, hw)
+        return layout_of(self.model, hw, extra=self.extra_tokens)
 
     def preprocess(self, images: Sequence[Image.Image] | Image.Image,
                    size: int | None = None) -> torch.Tensor:

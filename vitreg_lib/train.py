@@ -76,8 +76,8 @@ class TrainConfig:
 MINI_RECIPE = dict(steps=1500, separate_objects=True, task="count", max_objects=4)
 PRESETS: dict[str, TrainConfig] = {
     "mini_v1": TrainConfig(),  # the foundation's first recipe, the mini-lab's starting point
-    "mini_reg0": TrainConfig(registers=0, **MINI_RECIPE),
-    "mini_reg4": TrainConfig(registers=4, **MINI_RECIPE),
+    # the register family of chapter 5: one recipe, 0, 1, 2, 4 or 8 registers
+    **{f"mini_reg{n}": TrainConfig(registers=n, **MINI_RECIPE) for n in (0, 1, 2, 4, 8)},
     "tiny_test": TrainConfig(depth=2, dim=32, heads=2, n_train=64, n_val=32, steps=4,
                              batch=16, warmup=1, log_points=2, probe_images=8,
                              img_size=16, snapshots=[0.5]),

@@ -1,0 +1,135 @@
+"""Registers: a planted register neuron is the known answer."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny
+
+from vitreg_lib import registers as R
+from vitreg_lib.features import extract
+from vitreg_lib.outliers import Absolute, token_norms
+
+LAYER, UNIT, SPOTS = 1, 7, [0, 9, 27]  # block, MLP unit, planted patches of the 8x8 grid
+
+
+def planted(**kw):
+    lm = tiny(img_size=32, depth=4, **kw)
+    R.plant_register_neuron(lm, LAYER, UNIT, SPOTS)
+    return lm
+
+
+@pytest.fixture
+def x():
+    torch.manual_seed(2)
+    return torch.randn(6, 3, 32, 32)
+
+
+@pytest.mark.parametrize("kw", [dict(registers=0), dict(registers=2), dict(registers=0, cls_token=False)])
+def test_search_finds_the_planted_unit(kw, x):
+    lm = planted(**kw)
+    found = R.find_register_neurons(lm, x, max_layer=2, top_k=3, detect_layer=-1)
+    assert found.neurons[0] == (LAYER, UNIT)
+    assert found.n_used == len(x)
+    assert found.score(LAYER, UNIT) > 5 * found.score(*found.neurons[1])
+    # the planted patches are the outliers: 3 of 64 patches in each image
+    assert found.outlier_fraction == pytest.approx(3 / 64)
+    assert found.by_layer()[LAYER][0] == UNIT
+
+
+def test_the_fix_moves_the_high_norm_onto_the_extra_token(x):
+    lm = planted(registers=2)
+    before = extract(lm, x, layers=[-1])
+    with R.add_test_time_registers(lm, [(LAYER, UNIT)]) as fixed:
+        after = extract(fixed, x, layers=[-1])
+    assert after.layout.extra == 1 and after.patches(-1).shape == before.patches(-1).shape
+    nb, na = token_norms(before.patches(-1)), token_norms(after.patches(-1))
+    med = nb.median()
+    assert (nb[:, SPOTS] > 4 * med).all()  # outliers without the fix
+    assert (na[:, SPOTS] < 2 * med).all()  # gone with it
+    extra = token_norms(after.layout.split(after.layer(-1))["extra"])[:, 0]
+    assert (extra > 4 * med).all()  # the extra token holds the high norm now
+    kinds = R.norms_by_kind(after, -1)
+    assert set(kinds) == {"cls", "registers", "patches", "extra"} and kinds["registers"].shape == (6, 2)
+
+
+def test_batched_equals_one_image_at_a_time(x):
+    lm = planted(registers=0)
+    with R.add_test_time_registers(lm, {LAYER: [UNIT]}, n_tokens=2) as fixed:
+        batch = extract(fixed, x, layers=[LAYER], mlp=True)
+        single = [extract(fixed, x[i:i + 1], layers=[LAYER], mlp=True) for i in range(len(x))]
+    for i, one in enumerate(single):
+        torch.testing.assert_close(batch.layer(LAYER)[i], one.layer(LAYER)[0], atol=1e-5, rtol=1e-5)
+    hidden = batch.mlp_hidden(LAYER)[:, :, UNIT]  # [B, N]
+    on_patches = hidden[:, batch.layout.patch_slice]
+    assert torch.equal(on_patches, torch.zeros_like(on_patches))  # zeroed on the patches
+    peaks = hidden[:, -1]
+    assert torch.equal(hidden[:, -2], peaks)  # both extra tokens get the maximum
+    # each image its own maximum (they differ, so a batch-element-0 shortcut would fail);
+    # not bit-equal to the plain model's: the zero tokens already take part in attention
+    plain = extract(lm, x, layers=[LAYER], mlp=True).mlp_hidden(LAYER)[:, 1:, UNIT]
+    torch.testing.assert_close(peaks, plain.amax(dim=1), rtol=1e-3, atol=0)
+    assert peaks.std() > 0.05
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("cls_token", [True, False])
+def test_removing_the_fix_restores_the_model_bit_for_bit(cls_token, x):
+    lm = planted(registers=2, cls_token=cls_token)
+    ref_logits, ref_feats = lm.model(x), lm.model.forward_features(x)
+    handle = R.add_test_time_registers(lm, [(LAYER, UNIT), (2, 3)])
+    fixed_logits = lm.model(x)
+    assert fixed_logits.shape == ref_logits.shape
+    assert lm.model.forward_features(x).shape[1] == ref_feats.shape[1] + 1
+    if not cls_token:  # average pooling must not see the extra token
+        final = extract(handle.model, x, final=True).patches("final").mean(dim=1)
+        torch.testing.assert_close(fixed_logits, lm.model.head(lm.model.fc_norm(final)))
+    handle.remove()
+    assert not handle.active and _hooks(lm.model) == 0 and "forward_head" not in vars(lm.model)
+    assert torch.equal(lm.model(x), ref_logits)
+    assert torch.equal(lm.model.forward_features(x), ref_feats)
+    R.add_test_time_registers(lm, [(LAYER, UNIT)]).remove()  # can be applied again
+
+
+def test_sparsity_filter_drops_a_unit_that_fires_everywhere(x):
+    lm = planted(registers=0)
+    with torch.no_grad():  # a dense unit: large activation on every token
+        fc1 = lm.model.blocks[2].mlp.fc1
+        fc1.weight[5] = 0
+        fc1.bias[5] = 20.0
+    dense = R.find_register_neurons(lm, x, max_layer=2, top_k=2, detect_layer=-1)
+    assert dense.neurons[0] == (2, 5)
+    sparse = R.find_register_neurons(lm, x, max_layer=2, top_k=2, detect_layer=-1,
+                                     sparsity=R.SparsityFilter())
+    assert sparse.neurons[0] == (LAYER, UNIT) and (2, 5) not in sparse.neurons
+
+
+def test_bad_input_is_refused_clearly(x):
+    lm = planted(registers=0)
+    with pytest.raises(ValueError, match="flagged no patch"):
+        R.find_register_neurons(lm, x, max_layer=2, rule=Absolute(1e9))
+    with pytest.raises(IndexError, match="out of range"):
+        R.find_register_neurons(lm, x, max_layer=9)
+    with pytest.raises(IndexError, match="hidden units"):
+        R.add_test_time_registers(lm, [(1, 10_000)])
+    with pytest.raises(IndexError, match="out of range"):
+        R.add_test_time_registers(lm, [(7, 0)])
+    with pytest.raises(ValueError, match="n_tokens"):
+        R.add_test_time_registers(lm, [(1, 0)], n_tokens=0)
+    with R.add_test_time_registers(lm, [(1, 0)]):
+        with pytest.raises(RuntimeError, match="already has"):
+            R.add_test_time_registers(lm, [(1, 0)])
+    assert _hooks(lm.model) == 0
+
+
+def test_flops_are_counted_not_guessed():
+    """FlopCounterMode agrees with the textbook count of what registers add."""
+    d, depth, hidden = 32, 3, 128
+    n0, n4 = 1 + 16, 1 + 4 + 16
+    per_token = 2 * (4 * d * d + 2 * d * hidden)  # qkv + proj + fc1 + fc2
+    expected = depth * (per_token * (n4 - n0) + 4 * d * (n4 ** 2 - n0 ** 2))  # + q·k and attn·v
+    f0, f4 = R.forward_flops(tiny(registers=0)), R.forward_flops(tiny(registers=4))
+    assert f4 - f0 == expected
+    assert np.isclose(f0, depth * (per_token * n0 + 4 * d * n0 ** 2) + 2 * 16 * 48 * d + 2 * d * 3)
