@@ -133,3 +133,46 @@ def test_flops_are_counted_not_guessed():
     f0, f4 = R.forward_flops(tiny(registers=0)), R.forward_flops(tiny(registers=4))
     assert f4 - f0 == expected
     assert np.isclose(f0, depth * (per_token * n0 + 4 * d * n0 ** 2) + 2 * 16 * 48 * d + 2 * d * 3)
+
+
+def test_register_flops_of_an_architecture_match_the_textbook_count():
+    """DINOv2 ViT-S/14 at 224 px, built on the meta device (no weights)."""
+    table = R.register_flops("vit_small_patch14_reg4_dinov2", counts=(0, 4), img_size=224)
+    d, depth, hidden, n0 = 384, 12, 1536, 1 + 256
+    per_token = 2 * (4 * d * d + 2 * d * hidden)
+    delta = depth * (per_token * 4 + 4 * d * ((n0 + 4) ** 2 - n0 ** 2))
+    assert (table["GFLOPs"].iloc[1] - table["GFLOPs"].iloc[0]) * 1e9 == pytest.approx(delta, rel=1e-9)
+    assert table["extra FLOPs (%)"].iloc[0] == 0 and 0 < table["extra FLOPs (%)"].iloc[1] < 5
+
+
+def test_neuron_maps_show_where_the_planted_unit_fires(x):
+    lm = planted(registers=0)
+    found = R.find_register_neurons(lm, x, max_layer=2, top_k=1, detect_layer=-1)
+    act, norm = R.neuron_maps(lm, x, found)
+    assert act.shape == norm.shape == (6, 8, 8)
+    top = np.argsort(-act.reshape(6, -1), axis=1)[:, :3]
+    assert all(sorted(t) == SPOTS for t in top)
+    assert R.map_correlation(act, norm) > 0.9
+    assert R.map_correlation(act, -norm) < -0.9
+    assert np.isnan(R.map_correlation(np.ones((2, 3, 3)), norm[:2, :3, :3]))
+
+
+def test_ablation_rows_and_kind_curves(x):
+    models = {f"r{n}": tiny(registers=n, img_size=32) for n in (0, 2)}
+    feats = {k: extract(lm, x, layers="all") for k, lm in models.items()}
+    table = R.ablation(models, feats)
+    assert table["registers"].tolist() == [0, 2]
+    assert table["extra FLOPs (%)"].iloc[0] == 0 and table["extra FLOPs (%)"].iloc[1] > 0
+    assert np.isnan(table["register / patch norm (medians)"].iloc[0])
+    curves = R.kind_curves(feats["r2"])
+    assert set(curves["kind"]) == {"cls", "registers", "patches"} and len(curves) == 3 * 3
+
+
+def test_task_accuracy_of_a_bundled_mini():
+    from vitreg_lib.models import load_model
+    from vitreg_lib.train import task_accuracy
+
+    acc = task_accuracy(load_model("mini_reg0"), n=200)
+    assert 50 < acc <= 100  # chance is 25 %; the model reached 77 % in training
+    with pytest.raises(ValueError, match="mini models only"):
+        task_accuracy(tiny())

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ from PIL import Image
 
 from .features import Features, extract
 from .models import LoadedModel
-from .outliers import MeanStd, Rule, as_numpy, token_norms
+from .outliers import HistogramGap, MeanStd, Rule, as_numpy, patch_norm_maps, summarize, token_norms
 
 #: Jiang et al.'s outlier rule for the neuron search
 DEFAULT_RULE = MeanStd(3)
@@ -59,6 +59,65 @@ def norms_by_kind(features: Features, layer) -> dict[str, np.ndarray]:
     return {kind: as_numpy(token_norms(t)) for kind, t in parts.items() if t.shape[1]}
 
 
+def kind_curves(features: Features) -> pd.DataFrame:
+    """Median and maximum norm of each token kind at every extracted block:
+    one row per (layer, kind)."""
+    rows = []
+    for layer in features.layers:
+        for kind, n in norms_by_kind(features, layer).items():
+            rows.append(dict(model=features.model_name, layer=layer, kind=kind,
+                             median=float(np.median(n)), max=float(n.max())))
+    return pd.DataFrame(rows)
+
+
+def ablation(models: Mapping[str, LoadedModel], feats: Mapping[str, Features], layer=-1,
+             rule: Rule | None = None) -> pd.DataFrame:
+    """One row per model: registers, outlier % of the patches (``rule``, default the
+    histogram gap, and mean + 3·std), max / median patch norm, median register norm /
+    median patch norm, counted GFLOPs per image and extra FLOPs (%) over the model with
+    the fewest registers."""
+    rule = rule or HistogramGap()
+    rows = []
+    for name, lm in models.items():
+        f = feats[name]
+        gap, ms = summarize(f, layer, rule), summarize(f, layer, DEFAULT_RULE)
+        kinds = norms_by_kind(f, layer)
+        patch_median = float(np.median(kinds["patches"]))
+        registers = kinds.get("registers")
+        rows.append({"model": name, "registers": f.layout.num_registers + f.layout.extra,
+                     f"outlier % ({gap['rule']})": gap["outlier_pct"],
+                     f"outlier % ({ms['rule']})": ms["outlier_pct"],
+                     "max / median patch norm": float(kinds["patches"].max()) / patch_median,
+                     "register / patch norm (medians)": (float(np.median(registers)) / patch_median
+                                                         if registers is not None else float("nan")),
+                     "GFLOPs": forward_flops(lm) / 1e9})
+    table = pd.DataFrame(rows)
+    base = table.loc[table["registers"].idxmin(), "GFLOPs"]
+    table["extra FLOPs (%)"] = 100 * (table["GFLOPs"] / base - 1)
+    return table
+
+
+def register_flops(timm_name: str, counts: Sequence[int] = (0, 1, 2, 4, 8, 16),
+                   img_size: int = 224) -> pd.DataFrame:
+    """Counted FLOPs of a timm ViT architecture with each number of registers, and the
+    extra FLOPs (%) over none. Built on PyTorch's ``meta`` device: no weights, no
+    download, no memory — FLOPs do not depend on weight values."""
+    import timm
+
+    rows = []
+    for n in counts:
+        with torch.device("meta"):
+            model = timm.create_model(timm_name, pretrained=False, reg_tokens=n, img_size=img_size,
+                                      dynamic_img_size=True)
+        rows.append(dict(registers=n, GFLOPs=_count_flops(model, img_size, "meta") / 1e9))
+    table = pd.DataFrame(rows)
+    base = table.loc[table["registers"] == 0, "GFLOPs"]
+    if not base.empty:
+        table["extra FLOPs (%)"] = 100 * (table["GFLOPs"] / float(base.iloc[0]) - 1)
+    table.attrs["caption"] = f"{timm_name} at {img_size} px, FLOPs counted by torch"
+    return table
+
+
 def forward_flops(lm: LoadedModel, img_size: int | None = None) -> int:
     """FLOPs of one forward pass of one image, counted by ``torch.utils.flop_counter``
     (matrix products, convolutions and attention; a multiply-add counts as 2).
@@ -67,19 +126,21 @@ def forward_flops(lm: LoadedModel, img_size: int | None = None) -> int:
     fused CPU attention kernel of torch 2.14 (measured: it counted the linear layers
     only), while the unfused path is two plain matrix products it does count.
     """
+    return _count_flops(lm.model, img_size or lm.img_size, next(lm.model.parameters()).device)
+
+
+def _count_flops(model: torch.nn.Module, size: int, device) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    size = img_size or lm.img_size
-    device = next(lm.model.parameters()).device
     x = torch.zeros(1, 3, size, size, device=device)
-    attns = [b.attn for b in lm.model.blocks if hasattr(b.attn, "fused_attn")]
+    attns = [b.attn for b in model.blocks if hasattr(b.attn, "fused_attn")]
     fused = [a.fused_attn for a in attns]
     counter = FlopCounterMode(display=False)
     try:
         for a in attns:
             a.fused_attn = False
         with torch.inference_mode(), counter:
-            lm.model(x)
+            model(x)
     finally:
         for a, f in zip(attns, fused):
             a.fused_attn = f
@@ -199,6 +260,26 @@ def find_register_neurons(lm: LoadedModel, images: torch.Tensor | Sequence[Image
     neurons = [tuple(int(v) for v in np.unravel_index(i, scores.shape)) for i in order]
     return RegisterNeurons(lm.name, neurons, scores, detect_layer, rule.describe(),
                            n_images=len(x), n_used=n_used, outlier_fraction=flagged / max(searched, 1))
+
+
+def neuron_maps(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
+                found: RegisterNeurons) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the summed activation of the register neurons on each patch (each at
+    its own layer) and the patch-norm map at the search's ``detect_layer``; both
+    ``[B, rows, cols]``. Where the neurons fire is where the outliers appear."""
+    x = _as_batch(lm, images)
+    f = extract(lm, x, layers=[found.detect_layer], mlp=sorted(found.by_layer()), progress=False)
+    act = sum(f.mlp_hidden(layer)[:, f.layout.patch_slice][:, :, units].sum(dim=-1)
+              for layer, units in found.by_layer().items())
+    return as_numpy(act).reshape(len(x), *f.layout.grid), patch_norm_maps(f, found.detect_layer)
+
+
+def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of the Pearson correlation of two maps ``[B, rows, cols]``
+    (images where either map is constant are left out; NaN if all are)."""
+    rs = [np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, b)
+          if np.ptp(x) > 0 and np.ptp(y) > 0]
+    return float(np.mean(rs)) if rs else float("nan")
 
 
 # --------------------------------------------------------------------------- test-time registers

@@ -126,6 +126,19 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).float().mean())
 
 
+def task_accuracy(lm: LoadedModel, n: int = 500, seed: int = 20_000) -> float:
+    """Accuracy (%) of a mini model's own head on ``n`` fresh scenes drawn like its
+    training data (its ``config.json``), from a seed its training and validation never used."""
+    data = lm.info.get("data")
+    if not data or data.get("dataset") != "scenes":
+        raise ValueError(f"{lm.name} has no scenes training config: task accuracy is measured "
+                         "for mini models only.")
+    keys = ("size", "max_objects", "min_object", "max_object", "separate")
+    scenes = make_scenes(n, seed=seed, **{k: data[k] for k in keys})
+    x, y = _to_tensor(scenes.images), torch.from_numpy(scenes.label(data["task"]))
+    return 100 * accuracy(lm.model, x, y)
+
+
 def _hardware(cfg: TrainConfig) -> str:
     where = (torch.cuda.get_device_name(torch.device(cfg.device)) if cfg.device.startswith("cuda")
              else f"{platform.processor() or platform.machine()}, {cfg.threads} CPU thread(s)")
