@@ -29,7 +29,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .outliers import as_numpy
+from .features import Features, extract
+from .outliers import as_numpy, detect, patch_norm_maps
 
 MIN_TOKENS = 20
 
@@ -270,3 +271,18 @@ def headlines(frame: pd.DataFrame, paper: dict, data: str, comparable: str) -> l
         out.append(dict(name=name, value=value, paper=paper.get((r.probe, r.metric, r.group)),
                         model=r.model, note=note, comparable=comparable))
     return out
+
+
+def probe_model(lm, images, labels, rule, layer=-1, batch_size: int = 32,
+                seed: int = 0) -> tuple[pd.DataFrame, Features, np.ndarray]:
+    """Every probe of chapter 4 on one model: extract ``layer`` for ``images`` (PIL),
+    flag outlier patches with ``rule``, run the local probes (position, pixels) and the
+    global probe (one token per image -> ``labels``). Returns the results frame (with a
+    ``model`` column), the features and the outlier mask ``[B, rows, cols]``."""
+    x = lm.preprocess(images)
+    f = extract(lm, x, layers=[layer], batch_size=batch_size)
+    mask = detect(patch_norm_maps(f, layer), rule).mask
+    local = local_probes(f.patches(layer), mask, patch_pixels(x, f.layout.patch_size), f.layout.grid,
+                         seed=seed)
+    glob = global_probe(global_token_sets(f, layer, mask, seed=seed), labels, len(labels), seed=seed)
+    return to_frame(local + glob).assign(model=lm.name), f, mask
