@@ -140,3 +140,33 @@ def test_chapters3_and_4_recorded_numbers(built):
                 assert "too few" in entry["note"], key
             if entry["paper"] is not None:
                 assert entry["paper"] in ref, key
+
+
+def test_chapter5_numbers_are_what_the_library_measures(built):
+    from vitreg_lib import registers
+    from vitreg_lib.config import FLOPS_ARCH
+
+    rec = json.loads((built / "results" / "05_registers.json").read_text())
+    s = settings("mini", smoke=True)
+    imgs = data.analysis_images(s.n_photos, s.n_scenes, seed=0)
+    for name in s.probe_models:
+        f = features.extract(load_model(name), list(imgs.images.values()), layers=[-1])
+        expect = outliers.summarize(f, -1, outliers.HistogramGap())["outlier_pct"]
+        assert rec[f"outlier_pct_{name}"]["value"] == pytest.approx(expect, abs=1e-6)
+    cost = registers.register_flops(FLOPS_ARCH, counts=(0, 4))
+    assert rec["extra_flops_pct_vitl_4"]["value"] == pytest.approx(cost["extra FLOPs (%)"].iloc[1])
+    assert rec["extra_flops_pct_vitl_4"]["paper"] == "< 2"
+    assert rec["register_over_patch_norm_mini_reg4"]["value"] > 0
+    assert -1 <= rec["register_attention_overlap_mini_reg4"]["value"] <= 1
+
+
+def test_chapter6_finds_the_planted_neuron_and_records_the_fix(built):
+    rec = json.loads((built / "results" / "06_test_time_registers.json").read_text())
+    assert rec["planted_neuron_ranked_first"]["value"] == 1
+    assert rec["outlier_pct_planted"]["value"] > 0 and rec["outlier_pct_planted_fixed"]["value"] == 0
+    assert rec["planted_extra_over_patch_norm"]["value"] > 5
+    assert -1 <= rec["neuron_norm_map_correlation_mini_reg0"]["value"] <= 1
+    ttr = rec["global_accuracy_test_time_register_mini_reg0"]
+    assert ttr["paper"] == 84.5 and (ttr["value"] is None) == ("too few" in ttr["note"])
+    html = (built / "_build" / "html" / "notebooks" / "06_test_time_registers.html").read_text()
+    assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", html)) >= 6 and "Paper vs here" in html

@@ -176,3 +176,17 @@ def test_task_accuracy_of_a_bundled_mini():
     assert 50 < acc <= 100  # chance is 25 %; the model reached 77 % in training
     with pytest.raises(ValueError, match="mini models only"):
         task_accuracy(tiny())
+
+
+def test_register_overlap_is_one_for_identical_registers(x):
+    lm = tiny(registers=3, img_size=32)
+    with torch.no_grad():  # every register the same vector: identical attention rows
+        lm.model.reg_token[:] = lm.model.reg_token[:, :1]
+        assert lm.model.pos_embed.shape[1] == 1 + 3 + 64  # timm gives prefix tokens a position
+        lm.model.pos_embed[:, 1:4] = lm.model.pos_embed[:, 1:2]  # embedding too: a learned constant
+    f = extract(lm, x, layers=[0], attention=True)
+    assert R.register_overlap(f, 0) == pytest.approx(1.0)
+    g = extract(tiny(registers=3, img_size=32, seed=5), x, layers=[0], attention=True)
+    assert R.register_overlap(g, 0) < 0.99
+    one = extract(tiny(registers=1, img_size=32), x, layers=[0], attention=True)
+    assert np.isnan(R.register_overlap(one, 0))

@@ -17,6 +17,24 @@ from .models import REGISTRY
 TIERS = ("mini", "pretrained")
 #: the mini models without registers, smallest first, that chapter 2 compares by size
 MINI_SIZES = ("mini_s_reg0", "mini_reg0", "mini_l_reg0")
+#: the mini register family of chapter 5: one recipe, 0 to 8 registers
+MINI_FAMILY = ("mini_reg0", "mini_reg1", "mini_reg2", "mini_reg4", "mini_reg8")
+#: the architecture whose FLOPs chapter 5 counts for 0..16 registers (the paper's F8 model)
+FLOPS_ARCH = "vit_large_patch14_reg4_dinov2.lvd142m"
+
+
+@dataclass(frozen=True)
+class TestTimeSearch:
+    """Chapter 6: where to look for register neurons, and what to compare with."""
+
+    __test__ = False  # not a pytest test class
+
+    model: str  # the model to fix
+    trained: str  # the same family with trained registers
+    max_layer: int  # neurons in blocks 0..max_layer
+    top_k: int
+    n_images: int  # images the search averages over
+    source: str  # where the layer limit and k come from
 
 
 @dataclass(frozen=True)
@@ -35,6 +53,8 @@ class Settings:
     probe_dataset: str = "scenes"  # chapters 3-4: labelled images for the probes
     n_probe: int = 0
     probe_models: tuple[str, ...] = ()  # without, then with registers
+    family: tuple[str, ...] = ()  # chapter 5: the same model with 0, 1, ... registers
+    search: TestTimeSearch | None = None  # chapter 6
 
     @property
     def models(self) -> list[str]:
@@ -61,6 +81,10 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto") -> S
         sizes = tuple(n for n in MINI_SIZES if n in REGISTRY)
         probe_dataset, n_probe = "scenes", (80 if smoke else 512)
         probe_models = ("mini_reg0", "mini_reg4")
+        family = tuple(n for n in MINI_FAMILY if n in REGISTRY)
+        search = TestTimeSearch("mini_reg0", "mini_reg4", max_layer=3, top_k=5,
+                                n_images=32 if smoke else 256,
+                                source="course's choice: first 4 of 6 blocks (no outliers to place it by)")
     else:
         pairs = (("dinov2_s", "dinov2_s_reg"),) if smoke else (
             ("dinov2_s", "dinov2_s_reg"), ("dinov2_b", "dinov2_b_reg"), ("dinov2_l", "dinov2_l_reg"))
@@ -68,7 +92,14 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto") -> S
         sizes = ("dinov2_s",) if smoke else ("dinov2_s", "dinov2_b", "dinov2_l", "dinov2_g")
         probe_dataset, n_probe = "CIFAR10", (48 if smoke else 600)
         probe_models = ("dinov2_s", "dinov2_s_reg") if smoke else ("dinov2_l", "dinov2_l_reg")
+        family = probe_models  # public checkpoints exist with 0 and 4 registers only
+        search = (TestTimeSearch("dinov2_s", "dinov2_s_reg", max_layer=7, top_k=10, n_images=16,
+                                 source="course's choice for the smoke run (ViT-S, not in the paper)")
+                  if smoke else
+                  TestTimeSearch("dinov2_l", "dinov2_l_reg", max_layer=17, top_k=45, n_images=300,
+                                 source="Jiang et al. for DINOv2-L/14: layers <= 17, k ~ 45"))
     return Settings(tier, smoke, device, pairs, n_photos, n_scenes, batch,
                     hist_layers=4 if smoke else 6, sizes=sizes,
                     retrain=device.startswith("cuda") and not smoke,
-                    probe_dataset=probe_dataset, n_probe=n_probe, probe_models=probe_models)
+                    probe_dataset=probe_dataset, n_probe=n_probe, probe_models=probe_models,
+                    family=family, search=search)

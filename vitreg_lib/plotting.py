@@ -193,3 +193,67 @@ def probe_bars(frame: pd.DataFrame, caption: str) -> plt.Figure:
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def kind_norms(curves: pd.DataFrame, caption: str) -> plt.Figure:
+    """One panel per model: median (solid) and maximum (dotted) norm of each token kind
+    ([CLS], registers, patches, extra) over the blocks, from
+    :func:`vitreg_lib.registers.kind_curves` tables (concatenated)."""
+    models = list(dict.fromkeys(curves["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.4 * len(models), 3.2), squeeze=False,
+                             sharey=True)
+    colours = {"cls": "C3", "registers": "C2", "patches": "C0", "extra": "C1"}
+    for ax, model in zip(axes[0], models):
+        t = curves[curves["model"] == model]
+        for kind, g in t.groupby("kind", sort=False):
+            ax.plot(g["layer"], g["median"], color=colours.get(kind), label=f"{kind} median")
+            ax.plot(g["layer"], g["max"], color=colours.get(kind), ls=":", label=f"{kind} max")
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("layer (block index)")
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("token norm")
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def register_ablation(table: pd.DataFrame, caption: str) -> plt.Figure:
+    """The number-of-registers ablation: outlier % (each rule column) and, when present,
+    task accuracy and extra FLOPs against the number of registers."""
+    n = table["registers"]
+    outlier_cols = [c for c in table.columns if c.startswith("outlier %")]
+    other = [c for c in ("task accuracy (%)", "extra FLOPs (%)") if c in table.columns]
+    fig, axes = plt.subplots(1, 1 + len(other), figsize=(4.2 * (1 + len(other)), 3.1), squeeze=False)
+    for c in outlier_cols:
+        axes[0, 0].plot(n, table[c], marker="o", label=c.replace("outlier % ", ""))
+    axes[0, 0].set_ylabel("outlier patches (%)")
+    axes[0, 0].legend(fontsize=7)
+    for ax, c in zip(axes[0, 1:], other):
+        ax.plot(n, table[c], marker="o", color="C2")
+        ax.set_ylabel(c)
+    for ax in axes[0]:
+        ax.set_xlabel("registers")
+        ax.set_xticks(sorted(set(n)))
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def neuron_scores(scores: np.ndarray, neurons: Sequence[tuple[int, int]], caption: str) -> plt.Figure:
+    """Register-neuron search: every unit's score (mean |activation| at outlier patches)
+    per layer, the chosen top-k in red."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    layers = np.repeat(np.arange(scores.shape[0]), scores.shape[1])
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, layers.size)
+    ax.scatter(layers + jitter, scores.ravel(), s=3, color="0.6", label="all units")
+    if neurons:
+        lay, unit = zip(*neurons)
+        ax.scatter(lay, scores[list(lay), list(unit)], s=18, color="tab:red",
+                   label=f"top {len(neurons)} (register neurons)")
+    ax.set_xlabel("layer (block index)")
+    ax.set_ylabel("mean |activation| at outliers")
+    ax.set_xticks(range(scores.shape[0]))
+    ax.legend(fontsize=7)
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig

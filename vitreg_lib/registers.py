@@ -71,11 +71,11 @@ def kind_curves(features: Features) -> pd.DataFrame:
 
 
 def ablation(models: Mapping[str, LoadedModel], feats: Mapping[str, Features], layer=-1,
-             rule: Rule | None = None) -> pd.DataFrame:
-    """One row per model: registers, outlier % of the patches (``rule``, default the
-    histogram gap, and mean + 3·std), max / median patch norm, median register norm /
-    median patch norm, counted GFLOPs per image and extra FLOPs (%) over the model with
-    the fewest registers."""
+             rule: Rule | None = None, base_gflops: float | None = None) -> pd.DataFrame:
+    """One row per model: registers (trained + test-time), outlier % of the patches
+    (``rule``, default the histogram gap, and mean + 3·std), max / median patch norm,
+    median register norm / median patch norm, counted GFLOPs per image and extra FLOPs
+    (%) over ``base_gflops`` (default: the model with the fewest registers)."""
     rule = rule or HistogramGap()
     rows = []
     for name, lm in models.items():
@@ -92,7 +92,7 @@ def ablation(models: Mapping[str, LoadedModel], feats: Mapping[str, Features], l
                                                          if registers is not None else float("nan")),
                      "GFLOPs": forward_flops(lm) / 1e9})
     table = pd.DataFrame(rows)
-    base = table.loc[table["registers"].idxmin(), "GFLOPs"]
+    base = base_gflops or table.loc[table["registers"].idxmin(), "GFLOPs"]
     table["extra FLOPs (%)"] = 100 * (table["GFLOPs"] / base - 1)
     return table
 
@@ -280,6 +280,17 @@ def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
     rs = [np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, b)
           if np.ptp(x) > 0 and np.ptp(y) > 0]
     return float(np.mean(rs)) if rs else float("nan")
+
+
+def register_overlap(features: Features, layer) -> float:
+    """How alike the registers' attention maps are (mean over heads): the mean Pearson
+    correlation over all pairs of registers and all images. Near 1: every register looks
+    at the same place; the paper's registers specialise (F10). NaN with < 2 registers."""
+    maps = as_numpy(features.register_attention(layer).mean(dim=2))  # [B, R, rows, cols]
+    pairs = [(r, s) for r in range(maps.shape[1]) for s in range(r + 1, maps.shape[1])]
+    if not pairs:
+        return float("nan")
+    return float(np.nanmean([map_correlation(maps[:, r], maps[:, s]) for r, s in pairs]))
 
 
 # --------------------------------------------------------------------------- test-time registers
