@@ -7,7 +7,7 @@ from conftest import tiny
 
 from vitreg_lib import registers as R
 from vitreg_lib.features import extract
-from vitreg_lib.outliers import Absolute, token_norms
+from vitreg_lib.outliers import Absolute, Percentile, token_norms
 
 LAYER, UNIT, SPOTS = 1, 7, [0, 9, 27]  # block, MLP unit, planted patches of the 8x8 grid
 
@@ -190,3 +190,29 @@ def test_register_overlap_is_one_for_identical_registers(x):
     assert R.register_overlap(g, 0) < 0.99
     one = extract(tiny(registers=1, img_size=32), x, layers=[0], attention=True)
     assert np.isnan(R.register_overlap(one, 0))
+
+
+@pytest.mark.parametrize("timm_name", ["vit_small_patch14_reg4_dinov2", "vit_giant_patch14_dinov2"])
+def test_the_fix_on_the_pretrained_architectures(timm_name):
+    """DINOv2's timm classes (LayerScale, registers, SwiGLU MLP for ViT-g) at toy size,
+    random weights: the search runs, the fix applies, and removal is exact."""
+    import timm
+
+    from vitreg_lib.models import LoadedModel, ModelSpec
+
+    torch.manual_seed(0)
+    model = timm.create_model(timm_name, pretrained=False, img_size=112, depth=3, embed_dim=48,
+                              num_heads=2, dynamic_img_size=True).eval()
+    spec = ModelSpec(timm_name, "pretrained", timm_name, "DINOv2", int(model.num_reg_tokens))
+    lm = LoadedModel(spec, model, (0.5,) * 3, (0.5,) * 3, 112)
+    xb = torch.randn(3, 3, 112, 112)
+    found = R.find_register_neurons(lm, xb, max_layer=1, top_k=4, rule=Percentile(95))
+    assert len(found.neurons) == 4 and found.scores.shape == (2, model.blocks[0].mlp.fc2.in_features)
+    ref = model.forward_features(xb)
+    with R.add_test_time_registers(lm, found) as fixed:
+        f = extract(fixed, xb, layers=[-1], mlp=[found.neurons[0][0]])
+        assert f.layout.extra == 1 and f.layout.num_registers == spec.registers
+        layer, unit = found.neurons[0]
+        assert torch.equal(f.mlp_hidden(layer)[:, f.layout.patch_slice, unit], torch.zeros(3, 64))
+        assert model.forward_features(xb).shape[1] == ref.shape[1] + 1
+    assert torch.equal(model.forward_features(xb), ref) and _hooks(model) == 0
