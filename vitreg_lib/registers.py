@@ -85,8 +85,8 @@ def ablation(models: Mapping[str, LoadedModel], feats: Mapping[str, Features], l
         patch_median = float(np.median(kinds["patches"]))
         registers = kinds.get("registers")
         rows.append({"model": name, "registers": f.layout.num_registers + f.layout.extra,
-                     f"outlier % ({gap['rule']})": gap["outlier_pct"],
-                     f"outlier % ({ms['rule']})": ms["outlier_pct"],
+                     f"outlier % ({_short(gap['rule'])})": gap["outlier_pct"],
+                     f"outlier % ({_short(ms['rule'])})": ms["outlier_pct"],
                      "max / median patch norm": float(kinds["patches"].max()) / patch_median,
                      "register / patch norm (medians)": (float(np.median(registers)) / patch_median
                                                          if registers is not None else float("nan")),
@@ -95,6 +95,11 @@ def ablation(models: Mapping[str, LoadedModel], feats: Mapping[str, Features], l
     base = base_gflops or table.loc[table["registers"].idxmin(), "GFLOPs"]
     table["extra FLOPs (%)"] = 100 * (table["GFLOPs"] / base - 1)
     return table
+
+
+def _short(rule: str) -> str:
+    """A rule's description without its parameters in brackets, for column names."""
+    return rule.split(" (")[0]
 
 
 def register_flops(timm_name: str, counts: Sequence[int] = (0, 1, 2, 4, 8, 16),
