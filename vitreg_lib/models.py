@@ -88,8 +88,9 @@ _SPECS: list[ModelSpec] = [
               artifacts="none (control)", note="MAE ViT-B/16 (control: no artifacts)"),
     ModelSpec("mini_reg0", "mini", "mini_reg0", "mini", 0, img_size=32,
               artifacts="to measure", note="mini ViT (6 blocks, width 128), no registers"),
-    ModelSpec("mini_reg4", "mini", "mini_reg4", "mini", 4, img_size=32,
-              artifacts="to measure", note="mini ViT (6 blocks, width 128), 4 registers"),
+    *(ModelSpec(f"mini_reg{n}", "mini", f"mini_reg{n}", "mini", n, img_size=32, artifacts="to measure",
+                note=f"mini ViT (6 blocks, width 128), {n} register{'s' if n > 1 else ''}")
+      for n in (1, 2, 4, 8)),
 ]
 
 #: name -> :class:`ModelSpec`; the one table every notebook and test reads.
