@@ -1,9 +1,12 @@
 """Registers: trained-register comparisons and test-time registers for any timm ViT.
 
-Trained registers (Darcet et al., F6-F8) are tokens the model learned; what this module
-adds for them is counting: :func:`norms_by_kind` (the norms of [CLS], register, patch and
-extra tokens of one layer) and :func:`forward_flops` (the FLOPs of one forward pass,
-counted by PyTorch's ``FlopCounterMode``, so the cost of N registers is measured).
+Trained registers (Darcet et al., F6-F10) are tokens the model learned. What this module
+adds for them is measurement: :func:`norms_by_kind` and :func:`kind_curves` (the norms
+of [CLS], register, patch and extra tokens), :func:`register_overlap` (do the registers
+attend to different places?), :func:`ablation` (the number-of-registers table), and
+FLOPs counted by PyTorch's ``FlopCounterMode``: :func:`forward_flops` for a loaded
+model and :func:`register_flops` for an architecture with 0..N registers, built on the
+``meta`` device, so the cost of registers is measured and not estimated.
 
 Test-time registers (Jiang et al., 2025, T1) need no training:
 
@@ -25,7 +28,7 @@ While applied, the fix lives in the module itself, so every forward pass (``mode
 ``forward_features``, :func:`vitreg_lib.features.extract`) sees it, and the handle's
 ``model`` reports the extra tokens in its layout (``TokenLayout.extra``), so every
 analysis of the library keeps working. ``model(x)`` (logits) ignores the extra tokens:
-they are dropped before pooling, as timm drops nothing else.
+they are dropped before the head pools the sequence, so average pooling never sees them.
 
 :func:`plant_register_neuron` builds a known answer for tests and for chapter 6: it
 rewrites one MLP unit of a model so that it writes a large vector on chosen patches.
