@@ -3,7 +3,7 @@ from PIL import Image
 
 from vitreg_lib.features import extract
 from vitreg_lib.outliers import HistogramGap
-from vitreg_lib.widgets import explorer_view, norm_explorer
+from vitreg_lib.widgets import attention_explorer, attention_view, explorer_view, norm_explorer
 
 
 def test_explorer_redraws_on_every_control():
@@ -21,3 +21,20 @@ def test_explorer_redraws_on_every_control():
     assert view.value[:4] == b"\x89PNG"
     fig = explorer_view(feats, images, "tiny", "a", 2, HistogramGap(), data="2 test images")
     assert "tiny · layer 2 · image 'a' · 2 test images" in fig._suptitle.get_text()
+
+
+def test_attention_explorer_shows_cls_and_each_register():
+    lm = tiny(registers=2)
+    images = {"a": Image.new("RGB", (16, 16), "red"), "b": Image.new("RGB", (16, 16), "blue")}
+    feats = {"tiny": extract(lm, list(images.values()), layers="all", attention=True)}
+    box = attention_explorer(feats, images, data="2 test images")
+    model_dd, image_dd, layer_sl, head_dd = box.children[0].children
+    view = box.children[1]
+    first = view.value
+    assert first[:4] == b"\x89PNG" and list(head_dd.options) == ["mean", 0, 1]
+    head_dd.value = 1
+    assert view.value != first
+    fig = attention_view(feats, images, "tiny", "b", 1, 0, data="2 test images")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["image", "[CLS]", "register 0", "register 1"]
+    assert "tiny · layer 1 · head 0 · image 'b'" in fig._suptitle.get_text()
