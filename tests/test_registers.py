@@ -150,6 +150,8 @@ def test_neuron_maps_show_where_the_planted_unit_fires(x):
     found = R.find_register_neurons(lm, x, max_layer=2, top_k=1, detect_layer=-1)
     act, norm = R.neuron_maps(lm, x, found)
     assert act.shape == norm.shape == (6, 8, 8)
+    streamed = R.neuron_maps(lm, x, found, batch_size=4)  # batches of 4 and 2
+    np.testing.assert_allclose(streamed[0], act, rtol=1e-5, atol=1e-6)
     top = np.argsort(-act.reshape(6, -1), axis=1)[:, :3]
     assert all(sorted(t) == SPOTS for t in top)
     assert R.map_correlation(act, norm) > 0.9

@@ -271,15 +271,21 @@ def find_register_neurons(lm: LoadedModel, images: torch.Tensor | Sequence[Image
 
 
 def neuron_maps(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
-                found: RegisterNeurons) -> tuple[np.ndarray, np.ndarray]:
+                found: RegisterNeurons, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Per image: the summed activation of the register neurons on each patch (each at
     its own layer) and the patch-norm map at the search's ``detect_layer``; both
-    ``[B, rows, cols]``. Where the neurons fire is where the outliers appear."""
+    ``[B, rows, cols]``. Where the neurons fire is where the outliers appear.
+    Streams over batches and keeps only the maps (a large model's MLP activations of
+    hundreds of images would not fit in memory)."""
     x = _as_batch(lm, images)
-    f = extract(lm, x, layers=[found.detect_layer], mlp=sorted(found.by_layer()), progress=False)
-    act = sum(f.mlp_hidden(layer)[:, f.layout.patch_slice][:, :, units].sum(dim=-1)
-              for layer, units in found.by_layer().items())
-    return as_numpy(act).reshape(len(x), *f.layout.grid), patch_norm_maps(f, found.detect_layer)
+    acts, norms = [], []
+    for xb in torch.split(x, batch_size):
+        f = extract(lm, xb, layers=[found.detect_layer], mlp=sorted(found.by_layer()), progress=False)
+        act = sum(f.mlp_hidden(layer)[:, f.layout.patch_slice][:, :, units].sum(dim=-1)
+                  for layer, units in found.by_layer().items())
+        acts.append(as_numpy(act).reshape(len(xb), *f.layout.grid))
+        norms.append(patch_norm_maps(f, found.detect_layer))
+    return np.concatenate(acts), np.concatenate(norms)
 
 
 def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
