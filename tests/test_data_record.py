@@ -94,3 +94,17 @@ def test_labelled_images_scenes_and_offline_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(RuntimeError, match="downloads from the internet the first time"):
         labelled_images("CIFAR10", 5, root=tmp_path)
+
+
+def test_settings_for_the_register_chapters():
+    from vitreg_lib.config import MINI_FAMILY, settings
+    from vitreg_lib.models import get_spec, load_model
+
+    mini = settings("mini", smoke=False, device="cpu")
+    assert mini.family == MINI_FAMILY  # all five are bundled
+    assert [get_spec(n).registers for n in mini.family] == [0, 1, 2, 4, 8]
+    depth = len(load_model(mini.search.model).model.blocks)
+    assert 0 <= mini.search.max_layer < depth and get_spec(mini.search.trained).registers > 0
+    full = settings("pretrained", smoke=False, device="cpu").search
+    assert (full.model, full.max_layer, full.top_k) == ("dinov2_l", 17, 45)  # Jiang et al.'s DINOv2-L setting
+    assert get_spec(full.trained).registers == 4
