@@ -29,6 +29,8 @@ While applied, the fix lives in the module itself, so every forward pass (``mode
 ``model`` reports the extra tokens in its layout (``TokenLayout.extra``), so every
 analysis of the library keeps working. ``model(x)`` (logits) ignores the extra tokens:
 they are dropped before the head pools the sequence, so average pooling never sees them.
+timm's own ``forward_intermediates`` assumes no token after the patches and raises a
+shape error while the fix is applied; read the fixed model with :func:`extract`.
 
 :func:`plant_register_neuron` builds a known answer for tests and for chapter 6: it
 rewrites one MLP unit of a model so that it writes a large vector on chosen patches.
