@@ -158,6 +158,8 @@ def test_chapter5_numbers_are_what_the_library_measures(built):
     assert rec["extra_flops_pct_vitl_4"]["paper"] == "< 2"
     assert rec["register_over_patch_norm_mini_reg4"]["value"] > 0
     assert -1 <= rec["register_attention_overlap_mini_reg4"]["value"] <= 1
+    for name in s.probe_models:
+        assert 0 <= rec[f"top_norms_on_background_pct_{name}"]["value"] <= 100
 
 
 def test_chapter6_finds_the_planted_neuron_and_records_the_fix(built):

@@ -38,3 +38,14 @@ def test_attention_explorer_shows_cls_and_each_register():
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["image", "[CLS]", "register 0", "register 1"]
     assert "tiny · layer 1 · head 0 · image 'b'" in fig._suptitle.get_text()
+
+
+def test_layer_histograms_can_put_models_across():
+    import numpy as np
+
+    from vitreg_lib.plotting import layer_histograms
+
+    norms = {m: {5: np.arange(10.0)} for m in ("a", "b", "c")}
+    fig = layer_histograms(norms, {"a": {5: 4.5}}, caption="t", models_across=True)
+    assert [ax.get_title() for ax in fig.axes] == ["a · layer 5", "b · layer 5", "c · layer 5"]
+    assert fig.axes[0].get_position().y0 == fig.axes[2].get_position().y0  # one row

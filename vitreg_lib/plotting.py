@@ -48,15 +48,19 @@ def map_grid(images: Sequence[Image.Image], maps: Mapping[str, np.ndarray], capt
 
 
 def layer_histograms(norms: Mapping[str, Mapping[int, np.ndarray]],
-                     thresholds: Mapping[str, Mapping[int, float]], caption: str) -> plt.Figure:
-    """One row per model, one column per layer: histogram of patch-token norms
-    (log count), with the rule's threshold as a dashed line where one was found."""
+                     thresholds: Mapping[str, Mapping[int, float]], caption: str,
+                     models_across: bool = False) -> plt.Figure:
+    """One row per model, one column per layer (``models_across=True``: one row per
+    layer, one column per model): histogram of patch-token norms (log count), with the
+    rule's threshold as a dashed line where one was found."""
     models = list(norms)
     layers = list(next(iter(norms.values())))
-    fig, axes = plt.subplots(len(models), len(layers), figsize=(2.2 * len(layers), 2.0 * len(models) + 0.8),
+    rows, cols = (layers, models) if models_across else (models, layers)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.2 * len(cols) + 0.4, 2.0 * len(rows) + 0.8),
                              squeeze=False)
-    for r, m in enumerate(models):
-        for c, layer in enumerate(layers):
+    for r, row in enumerate(rows):
+        for c, col in enumerate(cols):
+            m, layer = (col, row) if models_across else (row, col)
             ax = axes[r, c]
             ax.hist(np.ravel(norms[m][layer]), bins=60, color="tab:blue")
             ax.set_yscale("log")
@@ -65,7 +69,7 @@ def layer_histograms(norms: Mapping[str, Mapping[int, np.ndarray]],
                 ax.axvline(thr, color="tab:red", ls="--", lw=1)
             ax.set_title(f"{m} · layer {layer}", fontsize=8)
             ax.tick_params(labelsize=7)
-            if r == len(models) - 1:
+            if r == len(rows) - 1:
                 ax.set_xlabel("patch norm", fontsize=8)
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
