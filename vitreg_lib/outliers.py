@@ -162,12 +162,12 @@ def layer_curves(features, rule: Rule, part: str = "patches") -> pd.DataFrame:
     """Per extracted layer: median, p99 and max norm of ``part`` tokens, the rule's
     threshold and outlier fraction (rule computed per layer).
 
-    ``part``: ``"patches"``, ``"registers"`` or ``"cls"``.
+    ``part``: ``"patches"``, ``"registers"``, ``"cls"`` or ``"extra"`` (test-time registers).
     """
     rows = []
     for layer in features.layers:
-        toks = {"patches": features.patches, "registers": features.registers,
-                "cls": features.cls}[part](layer)
+        toks = {"patches": features.patches, "registers": features.registers, "cls": features.cls,
+                "extra": lambda i: features.layout.split(features.layer(i))["extra"]}[part](layer)
         n = as_numpy(token_norms(toks)).ravel()
         res = detect(n, rule)
         rows.append(dict(layer=layer, median=float(np.median(n)),

@@ -2,11 +2,12 @@
 
 Trained registers (Darcet et al., F6-F10) are tokens the model learned. What this module
 adds for them is measurement: :func:`norms_by_kind` and :func:`kind_curves` (the norms
-of [CLS], register, patch and extra tokens), :func:`register_overlap` (do the registers
-attend to different places?), :func:`ablation` (the number-of-registers table), and
-FLOPs counted by PyTorch's ``FlopCounterMode``: :func:`forward_flops` for a loaded
-model and :func:`register_flops` for an architecture with 0..N registers, built on the
-``meta`` device, so the cost of registers is measured and not estimated.
+of [CLS], register, patch and extra tokens; the latter is ``outliers.layer_curves`` per
+kind), :func:`register_overlap` (do the registers attend to different places?),
+:func:`ablation` (the number-of-registers table), and FLOPs counted by PyTorch's
+``FlopCounterMode``: :func:`forward_flops` for a loaded model and :func:`register_flops`
+for an architecture with 0..N registers, built on the ``meta`` device, so the cost of
+registers is measured and not estimated.
 
 Test-time registers (Jiang et al., 2025, T1) need no training:
 
@@ -49,7 +50,16 @@ from PIL import Image
 
 from .features import Features, extract
 from .models import LoadedModel
-from .outliers import HistogramGap, MeanStd, Rule, as_numpy, patch_norm_maps, summarize, token_norms
+from .outliers import (
+    HistogramGap,
+    MeanStd,
+    Rule,
+    as_numpy,
+    layer_curves,
+    patch_norm_maps,
+    summarize,
+    token_norms,
+)
 
 #: Jiang et al.'s outlier rule for the neuron search
 DEFAULT_RULE = MeanStd(3)
@@ -64,15 +74,15 @@ def norms_by_kind(features: Features, layer) -> dict[str, np.ndarray]:
     return {kind: as_numpy(token_norms(t)) for kind, t in parts.items() if t.shape[1]}
 
 
-def kind_curves(features: Features) -> pd.DataFrame:
-    """Median and maximum norm of each token kind at every extracted block:
-    one row per (layer, kind)."""
-    rows = []
-    for layer in features.layers:
-        for kind, n in norms_by_kind(features, layer).items():
-            rows.append(dict(model=features.model_name, layer=layer, kind=kind,
-                             median=float(np.median(n)), max=float(n.max())))
-    return pd.DataFrame(rows)
+def kind_curves(features: Features, rule: Rule | None = None) -> pd.DataFrame:
+    """:func:`~vitreg_lib.outliers.layer_curves` for every kind of token the model has
+    ([CLS], registers, patches, extra), stacked with ``model`` and ``kind`` columns."""
+    layout = features.layout
+    counts = {"cls": layout.num_cls, "registers": layout.num_registers,
+              "patches": layout.num_patches, "extra": layout.extra}
+    return pd.concat([layer_curves(features, rule or HistogramGap(), kind).assign(model=features.model_name,
+                                                                                 kind=kind)
+                      for kind, count in counts.items() if count], ignore_index=True)
 
 
 def ablation(models: Mapping[str, LoadedModel], feats: Mapping[str, Features], layer=-1,
@@ -90,8 +100,8 @@ def ablation(models: Mapping[str, LoadedModel], feats: Mapping[str, Features], l
         patch_median = float(np.median(kinds["patches"]))
         registers = kinds.get("registers")
         rows.append({"model": name, "registers": f.layout.num_registers + f.layout.extra,
-                     f"outlier % ({_short(gap['rule'])})": gap["outlier_pct"],
-                     f"outlier % ({_short(ms['rule'])})": ms["outlier_pct"],
+                     outlier_column(rule): gap["outlier_pct"],
+                     outlier_column(DEFAULT_RULE): ms["outlier_pct"],
                      "max / median patch norm": float(kinds["patches"].max()) / patch_median,
                      "register / patch norm (medians)": (float(np.median(registers)) / patch_median
                                                          if registers is not None else float("nan")),
@@ -102,9 +112,10 @@ def ablation(models: Mapping[str, LoadedModel], feats: Mapping[str, Features], l
     return table
 
 
-def _short(rule: str) -> str:
-    """A rule's description without its parameters in brackets, for column names."""
-    return rule.split(" (")[0]
+def outlier_column(rule: Rule) -> str:
+    """The :func:`ablation` column holding the outlier % under ``rule`` (the rule's
+    description without its bracketed parameters)."""
+    return f"outlier % ({rule.describe().split(' (')[0]})"
 
 
 def register_flops(timm_name: str, counts: Sequence[int] = (0, 1, 2, 4, 8, 16),
@@ -124,7 +135,6 @@ def register_flops(timm_name: str, counts: Sequence[int] = (0, 1, 2, 4, 8, 16),
     base = table.loc[table["registers"] == 0, "GFLOPs"]
     if not base.empty:
         table["extra FLOPs (%)"] = 100 * (table["GFLOPs"] / float(base.iloc[0]) - 1)
-    table.attrs["caption"] = f"{timm_name} at {img_size} px, FLOPs counted by torch"
     return table
 
 
@@ -463,7 +473,7 @@ def plant_register_neuron(lm: LoadedModel, layer: int, unit: int, positions: Ite
         raise IndexError(f"layer must be in 0..{depth - 1}, got {layer}.")
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(4, 3, lm.img_size, lm.img_size, generator=gen)
-    feats = extract(lm, noise, layers=[layer], embeddings=True, progress=False)
+    feats = extract(lm, noise, layers=[0], embeddings=True, progress=False)
     typical = float(token_norms(feats.embeddings).median())  # the scale of the input tokens
     dim = model.pos_embed.shape[-1]
     c = int(torch.randint(dim, (1,), generator=gen))
