@@ -1,6 +1,7 @@
 """Registers: a planted register neuron is the known answer."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny
@@ -218,3 +219,20 @@ def test_the_fix_on_the_pretrained_architectures(timm_name):
         assert torch.equal(f.mlp_hidden(layer)[:, f.layout.patch_slice, unit], torch.zeros(3, 64))
         assert model.forward_features(xb).shape[1] == ref.shape[1] + 1
     assert torch.equal(model.forward_features(xb), ref) and _hooks(model) == 0
+
+
+def test_t1_reference_matches_the_probe_groups_of_a_fixed_model(x):
+    from vitreg_lib.paper import t1_reference
+    from vitreg_lib.probes import global_token_sets, headlines
+
+    lm = planted(registers=0)
+    with R.add_test_time_registers(lm, [(LAYER, UNIT)]) as fixed:
+        f = extract(fixed, x, layers=[-1])
+    mask = np.zeros((6, 8, 8), bool)
+    mask[:, 0, 0] = True
+    groups = {("global", "accuracy (%)", g) for g in global_token_sets(f, -1, mask)}
+    assert set(t1_reference()) <= groups
+    frame = pd.DataFrame([dict(probe="global", metric="accuracy (%)", group="test-time register 0",
+                               value=50.0, low=40.0, high=60.0, tokens=6, images=6, note="", model="m")])
+    out = headlines(frame, t1_reference(), "data", "no")[0]
+    assert out["name"] == "global_accuracy_test_time_register_0_m" and out["paper"] == 84.5

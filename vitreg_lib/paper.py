@@ -78,3 +78,12 @@ def probe_reference() -> dict[tuple[str, str, str], float]:
         out[("global", "accuracy (%)", f"{g} patch")] = f5[g]
     out[("global", "accuracy (%)", "cls")] = f5["cls"]
     return out
+
+
+def t1_reference() -> dict[tuple[str, str, str], float]:
+    """T1's single-token ImageNet-1k probe (DINOv2-L/14) keyed like
+    :mod:`vitreg_lib.probes` results: ``(probe, metric, group) -> value``."""
+    ref = PAPER["T1"]["IN1k_single_token"]
+    return {("global", "accuracy (%)", "cls"): ref["cls"],
+            ("global", "accuracy (%)", "outlier patch"): ref["outlier patch"],
+            ("global", "accuracy (%)", "test-time register 0"): ref["test-time register"]}

@@ -263,7 +263,7 @@ def headlines(frame: pd.DataFrame, paper: dict, data: str, comparable: str) -> l
     out = []
     for r in frame.itertuples():
         metric = r.metric.split(" ")[0].replace("-", "")
-        name = f"{r.probe}_{metric}_{r.group}_{r.model}".lower().replace(" ", "_")
+        name = f"{r.probe}_{metric}_{r.group}_{r.model}".lower().replace(" ", "_").replace("-", "_")
         count = f"{r.tokens} test tokens" if r.probe != "global" else f"{r.images} test images"
         note = "; ".join(filter(None, [f"{r.metric}, 95 % interval {interval(r.low, r.high)}, {count}",
                                        r.note, data]))
