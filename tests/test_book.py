@@ -168,7 +168,7 @@ def test_chapter6_finds_the_planted_neuron_and_records_the_fix(built):
     assert rec["outlier_pct_planted"]["value"] > 0 and rec["outlier_pct_planted_fixed"]["value"] == 0
     assert rec["planted_extra_over_patch_norm"]["value"] > 5
     assert -1 <= rec["neuron_norm_map_correlation_mini_reg0"]["value"] <= 1
-    ttr = rec["global_accuracy_test_time_register_mini_reg0"]
+    ttr = rec["global_accuracy_test_time_register_0_mini_reg0"]
     assert ttr["paper"] == 84.5 and (ttr["value"] is None) == ("too few" in ttr["note"])
     html = (built / "_build" / "html" / "notebooks" / "06_test_time_registers.html").read_text()
     assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", html)) >= 6 and "Paper vs here" in html
