@@ -6,6 +6,8 @@
 Every experiment is a preset of vitreg_lib.train plus overrides, with the hypothesis it
 tests. Runs write experiments/runs/NAME/{config.json, log.json} (kept in git: the
 curves and the verdict) and model.safetensors (ignored: reproducible from the command).
+``run`` resumes a run whose folder holds a checkpoint but no final model (a stopped
+run); the checkpoint of an unfinished run is committed so the next session resumes it.
 """
 
 import argparse
@@ -48,6 +50,18 @@ EXPERIMENTS = {
     # round 3: the best learner of round 2, trained twice as long
     "r3_sep_count_long": ("mini_v1", dict(steps=3000, separate_objects=True, task="count", max_objects=4),
                           "outliers need long training (paper: they appear after a third of it)"),
+    # mini-lab v2 (issue 9): 256 patches (64-px scenes, 4-px patches), 6 x 64 ViT, fresh
+    # scenes every step, a 4-px frame that is always background, constant lr 2e-3 after
+    # 500 warmup steps, 20k steps of 64 (1.28 M images), one CPU thread each
+    "v2a_broadcast": ("lab_v2", dict(cls_token=False, objective="dense_both"),
+                      "(a) broadcast: without [CLS], every patch predicts the count and reconstructs "
+                      "its own pixels; redundant background patches are the cheap place to gather "
+                      "the global count"),
+    "v2b_noop_trigger": ("lab_v2", dict(cls_token=False, objective="dense_both", task="count_trigger",
+                                        trigger=0.3),
+                         "(b) no-op: every patch must also say whether a rare trigger cross is "
+                         "present (30 % of scenes); the head that finds it must do nothing in the "
+                         "other 70 %, which needs a sink"),
 }
 
 
@@ -60,13 +74,17 @@ def run(names: list[str], jobs: int) -> None:
         preset, overrides, _ = EXPERIMENTS[name]
         out = HERE / "runs" / name
         out.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "vitreg_lib.train", "--preset", preset, "--out", str(out)]
-        for k, v in overrides.items():
-            args += [f"--{k}", str(v)]
+        rel = str(out.relative_to(ROOT))
+        if (out / "checkpoint.pt").is_file() and not (out / "model.safetensors").is_file():
+            args = [sys.executable, "-m", "vitreg_lib.train", "--resume", "--out", rel]
+        else:
+            args = [sys.executable, "-m", "vitreg_lib.train", "--preset", preset, "--out", rel]
+            for k, v in overrides.items():
+                args += [f"--{k}", str(v)]
         while sum(p.poll() is None for p in procs) >= jobs:
             time.sleep(5)
         print("start", name, flush=True)
-        procs.append(subprocess.Popen(args, cwd=ROOT, stdout=open(out / "train.log", "w"),
+        procs.append(subprocess.Popen(args, cwd=ROOT, stdout=open(out / "train.log", "a"),
                                       stderr=subprocess.STDOUT))
     for p in procs:
         p.wait()

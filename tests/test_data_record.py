@@ -108,3 +108,28 @@ def test_settings_for_the_register_chapters():
     full = settings("pretrained", smoke=False, device="cpu").search
     assert (full.model, full.max_layer, full.top_k) == ("dinov2_l", 17, 45)  # Jiang et al.'s DINOv2-L setting
     assert get_spec(full.trained).registers == 4
+
+
+def test_scene_options_border_texture_trigger():
+    plain = make_scenes(6, seed=2, size=32)
+    # options left at their defaults draw exactly the scenes drawn before they existed
+    assert np.array_equal(plain.images, make_scenes(6, seed=2, size=32, border=0, texture=0.0,
+                                                    trigger=0.0).images)
+    s = make_scenes(40, seed=1, size=32, border=4, max_object=0.3, trigger=0.5, separate=True)
+    assert not s.masks[:, :4].any() and not s.masks[:, -4:].any()
+    assert not s.masks[:, :, :4].any() and not s.masks[:, :, -4:].any()
+    for b in s.boxes:
+        assert (b[:, :2] >= 4).all() and (b[:, 2:] <= 28).all()
+    trig = s.label("trigger")
+    assert set(np.unique(trig)) == {0, 1}  # both kinds drawn at p = 0.5 in 40 scenes
+    assert np.array_equal(s.label("count_trigger"), s.label("count") * 2 + trig)
+    assert s.num_classes("count_trigger") == 2 * 3
+    with pytest.raises(ValueError, match="trigger objects"):
+        s.label("largest_shape")
+    textured = make_scenes(6, seed=2, size=32, texture=0.2)
+    bg = ~textured.masks
+    assert textured.images[bg].std() > plain.images[~plain.masks].std()
+    with pytest.raises(ValueError, match="border"):
+        make_scenes(2, size=16, border=6, max_object=0.5)
+    with pytest.raises(ValueError, match="probability"):
+        make_scenes(2, trigger=2)

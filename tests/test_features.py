@@ -121,3 +121,23 @@ def test_mlp_layers_of_their_own(images):
     assert list(own.mlp) == [0] and list(own.tokens) == [1]
     assert torch.equal(own.mlp_hidden(0), both.mlp_hidden(0))
     assert torch.equal(own.layer(1), both.layer(1))
+
+
+def test_residual_after_attention_and_received_attention(images):
+    lm = tiny(registers=1)
+    f = extract(lm, images, layers=[0, 2], mid=True, received=True)
+    for layer in (0, 2):
+        attn, _v, blk, _xn = _reference_attention(lm, images, layer)
+        # the residual after attention, written out: block input + attention output
+        m = lm.model
+        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(images))))
+        for b in m.blocks[:layer]:
+            x = b(x)
+        with torch.no_grad():
+            mid = x + blk.ls1(blk.attn(blk.norm1(x)))
+        torch.testing.assert_close(f.after_attention(layer), mid, rtol=1e-5, atol=1e-5)
+        # what each key receives: the attention matrix averaged over its queries
+        torch.testing.assert_close(f.attention_received(layer), attn.mean(dim=2), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(f.attention_received(layer).sum(-1), torch.ones(5, 2))
+    with pytest.raises(KeyError, match="not extracted"):
+        f.after_attention(1)

@@ -31,8 +31,7 @@ def test_same_seed_same_run(tmp_path):
         main(["--preset", "tiny_test", "--out", str(tmp_path / run)])
     a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    la, lb = (json.loads((tmp_path / r / "log.json").read_text()) for r in ("a", "b"))
-    assert la == lb
+    assert _log_without_timing(tmp_path / "a") == _log_without_timing(tmp_path / "b")
 
 
 def test_summarize_log_finds_lasting_emergence():
@@ -70,3 +69,105 @@ def test_logged_run_bundled_and_retrained(monkeypatch, tmp_path):
     monkeypatch.setitem(tr.PRESETS, "mini_reg0", PRESETS["tiny_test"])
     log, source = tr.logged_run("mini_reg0", retrain=True, out=tmp_path)
     assert "retrained live" in source and [e["step"] for e in log] == [0, PRESETS["tiny_test"].steps]
+
+
+def _log_without_timing(folder):
+    log = json.loads((folder / "log.json").read_text())
+    return [{k: v for k, v in e.items() if k not in ("wall_s", "images_per_s")} for e in log]
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "whole")])
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "parts"), "--until", "4"])
+    assert not (tmp_path / "parts" / "model.safetensors").exists()
+    assert (tmp_path / "parts" / "checkpoint.pt").is_file()
+    main(["--resume", "--out", str(tmp_path / "parts")])
+    for name in ("model.safetensors", "heads.safetensors"):
+        a, b = (load_file(str(tmp_path / r / name)) for r in ("whole", "parts"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _log_without_timing(tmp_path / "whole") == _log_without_timing(tmp_path / "parts")
+    cfg = json.loads((tmp_path / "parts" / "config.json").read_text())
+    assert "--until 4" in cfg["result"]["command"] and "--resume" in cfg["result"]["command"]
+
+
+def test_fixed_set_run_resumes_bit_for_bit(tmp_path):
+    """The sampler of a fixed training set carries random state: it is checkpointed too."""
+    main(["--preset", "tiny_test", "--out", str(tmp_path / "whole")])
+    main(["--preset", "tiny_test", "--out", str(tmp_path / "parts"), "--until", "2"])
+    main(["--resume", "--out", str(tmp_path / "parts")])
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("whole", "parts"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    """A real kill (SIGKILL) mid-run, then --resume: same weights as a run never stopped."""
+    import subprocess
+    import sys
+    import time
+
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "whole"), "--steps", "40", "--log_points", "3"])
+    args = [sys.executable, "-m", "vitreg_lib.train", "--preset", "tiny_v2", "--out",
+            str(tmp_path / "killed"), "--steps", "40", "--log_points", "3"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ck.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert ck.is_file(), "the run wrote no checkpoint before it was killed"
+    step = torch.load(ck, weights_only=True)["step"]
+    main(["--resume", "--out", str(tmp_path / "killed")])
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("whole", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a), f"differs after resuming at step {step}"
+    assert _log_without_timing(tmp_path / "whole") == _log_without_timing(tmp_path / "killed")
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    main(["--preset", "tiny_test", "--out", str(tmp_path / "a"), "--until", "2"])
+    with pytest.raises(ValueError, match="cannot change"):
+        main(["--resume", "--out", str(tmp_path / "a"), "--lr", "0.5"])
+    with pytest.raises(ValueError, match="schedule='constant'"):
+        main(["--resume", "--out", str(tmp_path / "a"), "--steps", "8"])
+    with pytest.raises(SystemExit):
+        main(["--resume", "--out", str(tmp_path / "none")])
+
+
+def test_dense_objectives_shapes_and_losses():
+    from vitreg_lib.train import TrainConfig, _loss, patchify
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    p = patchify(x, 4)
+    assert p.shape == (2, 4, 48)
+    # patch 1 is the top-right 4x4 block; its first value is pixel (0, 4) of channel 0
+    assert p[0, 1, 0] == x[0, 0, 0, 4] and p[0, 1, 1] == x[0, 1, 0, 4]
+    assert p[1, 2, 3 * 4] == x[1, 0, 5, 0]  # patch 2 = bottom-left, its second pixel row
+    with pytest.raises(ValueError, match="multiple"):
+        patchify(torch.zeros(1, 3, 6, 6), 4)
+    for objective in ("dense_label", "dense_recon", "dense_both"):
+        cfg = TrainConfig(depth=1, dim=16, heads=2, img_size=8, cls_token=False, objective=objective)
+        arch = cfg.arch(num_classes=3)
+        assert arch["global_pool"] == "avg" and arch["fc_norm"] is False
+        model = build_vit(arch)
+        recon = torch.nn.Linear(16, 48) if objective != "dense_label" else None
+        xb, yb = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+        loss = _loss(model, recon, xb, yb, cfg)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        # the image prediction is the mean of the patch predictions
+        tokens = model.forward_features(xb)[:, model.num_prefix_tokens:]
+        torch.testing.assert_close(model(xb), model.head(tokens).mean(1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="Unknown objective"):
+        TrainConfig(objective="contrastive").check()
+
+
+def test_v2_log_has_both_sites_and_background_shares(tmp_path):
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "a")])
+    log = json.loads((tmp_path / "a" / "log.json").read_text())
+    row = log[-1]["layers"][0]
+    for site in ("", "attn_"):
+        assert row[site + "median"] <= row[site + "p99"] <= row[site + "max"]
+        assert row[site + "max_over_median"] == pytest.approx(row[site + "max"] / row[site + "median"])
+        assert 0 <= row[site + "top1_background"] <= 1
+    assert 0 < row["background_share"] < 1 and 0 < row["sink_attention"] <= 1
+    assert log[-1]["images"] == PRESETS["tiny_v2"].steps * PRESETS["tiny_v2"].batch
+    assert 0 <= log[-1]["patch_acc"] <= 1 and log[-1]["recon_mse"] > 0

@@ -73,6 +73,10 @@ def load_images(source: str | Path | Iterable[str | Path]) -> dict[str, Image.Im
 
 
 SHAPES = ("square", "circle", "triangle")
+#: the trigger shape: drawn only when ``make_scenes(trigger=p)`` asks for it, with
+#: probability ``p`` per image, in place of one ordinary object (a rare event that some
+#: heads must react to and otherwise ignore: the *no-op* setting of issue 9)
+TRIGGER = "cross"
 
 
 @dataclass
@@ -90,7 +94,7 @@ class Scenes:
     shapes: list[np.ndarray]
     seed: int
 
-    TASKS = ("count", "largest_shape", "count_shape")
+    TASKS = ("count", "largest_shape", "count_shape", "trigger", "count_trigger")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -105,9 +109,19 @@ class Scenes:
         * ``count`` — number of objects minus one;
         * ``largest_shape`` — shape of the largest object;
         * ``count_shape`` — both at once (``count_index * 3 + shape``): a global
-          label that no single local patch determines.
+          label that no single local patch determines;
+        * ``trigger`` — 1 if the scene holds the rare :data:`TRIGGER` shape, else 0;
+        * ``count_trigger`` — ``count_index * 2 + trigger``.
         """
         count = np.array([len(b) for b in self.boxes]) - 1
+        trigger = np.array([int(np.any(s == len(SHAPES))) for s in self.shapes])
+        if task == "trigger":
+            return trigger
+        if task == "count_trigger":
+            return count * 2 + trigger
+        if task in ("largest_shape", "count_shape") and trigger.any():
+            raise ValueError(f"Task {task!r} labels the three ordinary shapes only; these scenes "
+                             "hold trigger objects: use 'count', 'trigger' or 'count_trigger'.")
         areas = [(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b in self.boxes]
         largest = np.array([s[np.argmax(a)] for s, a in zip(self.shapes, areas)])
         if task == "count":
@@ -120,8 +134,11 @@ class Scenes:
 
     def num_classes(self, task: str = "count_shape") -> int:
         max_objects = int(max(len(b) for b in self.boxes))
+        if task not in self.TASKS:
+            raise ValueError(f"Unknown task {task!r}; choose one of {self.TASKS}.")
         return {"count": max_objects, "largest_shape": len(SHAPES),
-                "count_shape": max_objects * len(SHAPES)}[task]
+                "count_shape": max_objects * len(SHAPES), "trigger": 2,
+                "count_trigger": 2 * max_objects}[task]
 
     def pil(self, indices: Iterable[int] | None = None) -> list[Image.Image]:
         idx = range(len(self)) if indices is None else indices
@@ -143,18 +160,35 @@ class Scenes:
 
 def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
                 min_object: float = 0.15, max_object: float = 0.35,
-                noise: float = 0.02, separate: bool = False) -> Scenes:
+                noise: float = 0.02, separate: bool = False, border: int = 0,
+                texture: float = 0.0, trigger: float = 0.0) -> Scenes:
     """``n`` scenes, identical for identical arguments.
 
     ``separate=True`` places objects so that their boxes do not touch (a count is then
     unambiguous); an object that finds no free place in 100 tries is left out.
 
-    Background: one random colour with a gentle linear gradient and faint noise.
-    Objects: 1..``max_objects`` squares, circles or triangles of side
-    ``min_object..max_object`` x ``size``, each a colour far from the background.
+    Background: one random colour with a gentle linear gradient and faint noise
+    (``noise``, standard deviation in [0, 1] pixel units). Objects: 1..``max_objects``
+    squares, circles or triangles of side ``min_object..max_object`` x ``size``, each a
+    colour far from the background.
+
+    Options that the defaults leave off (so scenes drawn without them are unchanged):
+
+    * ``border`` — no object comes closer than ``border`` pixels to the edge: a frame of
+      patches that is always background (a fixed place a model can rely on);
+    * ``texture`` — amplitude of a random sinusoidal grating (2-6 cycles per image) added
+      to the background, which makes background patches less redundant;
+    * ``trigger`` — probability that a scene holds one :data:`TRIGGER` cross (shape index
+      ``len(SHAPES)``) in place of an ordinary object (labels: ``trigger``, ``count_trigger``).
     """
     if n < 1 or size < 8:
         raise ValueError("Need n >= 1 and size >= 8.")
+    if not 0 <= trigger <= 1:
+        raise ValueError(f"trigger is a probability, got {trigger}.")
+    lo_side, hi_side = max(3, round(min_object * size)), round(max_object * size)
+    if border < 0 or size - 2 * border < hi_side:
+        raise ValueError(f"border={border} leaves {size - 2 * border} px for objects up to "
+                         f"{hi_side} px wide: use a smaller border or max_object.")
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     images = np.empty((n, size, size, 3), np.uint8)
@@ -166,18 +200,26 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
         direction /= np.linalg.norm(direction) + 1e-8
         ramp = ((xx * direction[0] + yy * direction[1]) / size)[..., None]
         img = base + 0.15 * rng.uniform(-1, 1, 3) * ramp
+        if texture:
+            freq = rng.uniform(2, 6) * rng.normal(size=2)
+            freq *= rng.uniform(2, 6) / (np.linalg.norm(freq) + 1e-8)
+            wave = np.sin(2 * np.pi * (freq[0] * xx + freq[1] * yy) / size + rng.uniform(0, 2 * np.pi))
+            img = img + texture * wave[..., None] * rng.uniform(0.5, 1, 3)
         k = int(rng.integers(1, max_objects + 1))
+        pending_trigger = bool(trigger) and rng.random() < trigger
         bx, sh = [], []
         for _ in range(k):
-            side = int(rng.integers(max(3, round(min_object * size)), round(max_object * size) + 1))
+            side = int(rng.integers(lo_side, hi_side + 1))
             for _try in range(100 if separate else 1):
-                x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
+                x0, y0 = (int(v) + border for v in rng.integers(0, size - 2 * border - side + 1, 2))
                 if not separate or all(x0 > b[2] or x0 + side < b[0] or y0 > b[3] or y0 + side < b[1]
                                        for b in bx):
                     break
             else:
                 continue
             kind = int(rng.integers(len(SHAPES)))
+            if pending_trigger:
+                kind, pending_trigger = len(SHAPES), False
             u, v = xx - x0, yy - y0
             inside = (u >= 0) & (u < side) & (v >= 0) & (v < side)
             if kind == 1:  # circle
@@ -185,6 +227,8 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
                 inside &= (u + 0.5 - r) ** 2 + (v + 0.5 - r) ** 2 <= r * r
             elif kind == 2:  # triangle, apex up
                 inside &= np.abs(u + 0.5 - side / 2) <= (v + 0.5) / 2
+            elif kind == 3:  # the trigger: a cross, arms a third of the side wide
+                inside &= (np.abs(u + 0.5 - side / 2) <= side / 6) | (np.abs(v + 0.5 - side / 2) <= side / 6)
             colour = (base + rng.uniform(0.35, 0.6, 3) * rng.choice([-1, 1], 3)) % 1.0
             img[inside] = colour
             masks[i] |= inside
@@ -192,7 +236,7 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
             sh.append(kind)
         img = img + rng.normal(0, noise, img.shape)
         images[i] = np.clip(img * 255, 0, 255).astype(np.uint8)
-        boxes.append(np.array(bx, dtype=np.int64))
+        boxes.append(np.array(bx, dtype=np.int64).reshape(-1, 4))
         shapes.append(np.array(sh, dtype=np.int64))
     return Scenes(images, masks, boxes, shapes, seed)
 

@@ -7,7 +7,12 @@ timm's ``forward_intermediates``) and keeps, for the requested layers only:
 * optionally the final normed output, the patch embeddings (after the patch-embedding
   layer, before position embeddings), the attention of every prefix token
   ([CLS], registers) over all tokens, per head, and the MLP hidden activations
-  (post-nonlinearity, the input of ``mlp.fc2``).
+  (post-nonlinearity, the input of ``mlp.fc2``);
+* optionally the residual stream *inside* each block, after its attention and before
+  its MLP (the input of ``norm2``: outliers can appear right after a middle MLP, and
+  this tells the attention's part from the MLP's), and the attention each token
+  *receives*: per head, the mean over every query of the block (an attention sink
+  receives most of it).
 
 timm's attention is fused (``scaled_dot_product_attention``) and never materialises the
 attention matrix, so it is recomputed from the block's ``qkv`` projection in a forward
@@ -42,6 +47,8 @@ class Features:
     embeddings: torch.Tensor | None = None  # [B, num_patches, D]
     attention: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, heads, prefix, N]
     mlp: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, N, hidden]
+    mid: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, N, D] after attention
+    received: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, heads, N]
 
     @property
     def layers(self) -> list[Layer]:
@@ -109,6 +116,16 @@ class Features:
         """MLP hidden activations (post-nonlinearity) ``[B, N, hidden]``."""
         return self.mlp[self._key(layer, self.mlp)]
 
+    def after_attention(self, layer: int) -> torch.Tensor:
+        """The residual stream of block ``layer`` after its attention, before its MLP:
+        ``[B, N, D]`` (all tokens, split it with ``layout.split``)."""
+        return self.mid[self._key(layer, self.mid)]
+
+    def attention_received(self, layer: int) -> torch.Tensor:
+        """Attention each token receives in block ``layer``, per head, averaged over all
+        queries: ``[B, heads, N]`` (each row sums to 1 over the tokens)."""
+        return self.received[self._key(layer, self.received)]
+
 
 def _normalise_layers(layers: int | str | Iterable[int] | None, depth: int) -> list[int]:
     if layers is None:
@@ -140,9 +157,25 @@ def _attention_hook(attn: torch.nn.Module, num_prefix: int, sink: list) -> Calla
     return hook
 
 
+def _received_hook(attn: torch.nn.Module, sink: list) -> Callable:
+    """Attention received by each key, averaged over all queries, per head."""
+    heads, head_dim = attn.num_heads, getattr(attn, "head_dim", None)
+
+    def hook(_module, _inputs, out):
+        b, n, _ = out.shape
+        hd = head_dim or out.shape[-1] // (3 * heads)
+        q, k, _v = out.reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        probs = ((q * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
+        sink.append(probs.mean(dim=2).cpu())
+
+    return hook
+
+
 def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
             layers: int | str | Iterable[int] | None = "all", *, final: bool = False,
             attention: bool = False, mlp: bool | Iterable[int] = False, embeddings: bool = False,
+            mid: bool = False, received: bool = False,
             batch_size: int = 32, progress: bool | None = None) -> Features:
     """Run ``lm`` over ``images`` in batches and keep the requested outputs.
 
@@ -151,6 +184,8 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     indices count from the end). ``attention`` / ``mlp`` apply to the same layers.
     ``mlp``: ``True`` for the same layers, or a list of layers of its own (the
     register-neuron search reads the MLPs of many layers and the tokens of one).
+    ``mid``: also keep each layer's residual stream after attention (before the MLP);
+    ``received``: also keep the attention each token receives from all queries.
     Tokens appended after the patches (test-time registers, see
     :mod:`vitreg_lib.registers`) are reported by the layout as ``extra``.
     """
@@ -178,6 +213,8 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
         store["final"] = []
     attn_sinks = {i: [] for i in take} if attention else {}
     mlp_sinks = {i: [] for i in mlp_layers}
+    mid_sinks = {i: [] for i in take} if mid else {}
+    recv_sinks = {i: [] for i in take} if received else {}
     emb_sink: list = []
     handles = []
     for i in take:
@@ -191,6 +228,15 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     for i, sink in mlp_sinks.items():
         handles.append(model.blocks[i].mlp.fc2.register_forward_pre_hook(
             lambda _m, inp, sink=sink: sink.append(inp[0].detach().float().cpu())))
+    for i, sink in mid_sinks.items():
+        handles.append(model.blocks[i].norm2.register_forward_pre_hook(
+            lambda _m, inp, sink=sink: sink.append(inp[0].detach().float().cpu())))
+    for i, sink in recv_sinks.items():
+        if not hasattr(model.blocks[i].attn, "qkv"):
+            raise TypeError(f"Block {i} attention has no fused qkv projection; "
+                            "received attention is not supported for this model.")
+        handles.append(model.blocks[i].attn.qkv.register_forward_hook(
+            _received_hook(model.blocks[i].attn, sink)))
 
     batches = list(torch.split(images, batch_size))
     show = (len(batches) > 1) if progress is None else progress
@@ -212,7 +258,8 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
                         store[i].append(x.float().cpu())
                 if final:
                     store["final"].append(model.norm(x).float().cpu())
-                for name, sinks in (("attention", attn_sinks), ("MLP", mlp_sinks)):
+                for name, sinks in (("attention", attn_sinks), ("MLP", mlp_sinks),
+                                    ("norm2", mid_sinks), ("received-attention", recv_sinks)):
                     for i, sink in sinks.items():
                         if len(sink) != n_batch:
                             raise RuntimeError(f"The {name} hook of block {i} did not fire "
@@ -237,6 +284,8 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
         embeddings=_join(emb_sink) if embeddings else None,
         attention={k: _join(v) for k, v in attn_sinks.items()},
         mlp={k: _join(v) for k, v in mlp_sinks.items()},
+        mid={k: _join(v) for k, v in mid_sinks.items()},
+        received={k: _join(v) for k, v in recv_sinks.items()},
     )
 
 

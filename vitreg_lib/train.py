@@ -4,13 +4,55 @@ Command line (``--preset`` names one of :data:`PRESETS`; any field can be overri
 
     python -m vitreg_lib.train --preset mini_reg0 --out runs/mini_reg0
     python -m vitreg_lib.train --preset mini_reg4 --steps 50 --out /tmp/try
+    python -m vitreg_lib.train --resume --out runs/long        # continue a stopped run
+    python -m vitreg_lib.train --resume --out runs/long --steps 40000   # and extend it
 
-A run folder holds ``model.safetensors`` (final weights), ``config.json`` (the
-architecture for :func:`vitreg_lib.models.build_vit`, the training config, final
-validation accuracy, wall time, hardware, the command), ``log.json`` (per-layer
-patch/register norm statistics on a fixed probe batch at ``log_points`` moments of
-training, plus loss and accuracy) and ``snapshots/step_XXXXXX.safetensors`` for the
-fractions of training listed in ``snapshots``.
+A run folder holds ``model.safetensors`` (final weights of the ViT), ``heads.safetensors``
+(extra training heads, e.g. pixel reconstruction, when the objective has one),
+``config.json`` (the architecture for :func:`vitreg_lib.models.build_vit`, the training
+config, final validation metrics, wall time, hardware, the command), ``log.json``
+(per-layer norm statistics on a fixed probe batch at ``log_points`` moments of
+training, plus loss and validation metrics), ``snapshots/step_XXXXXX.safetensors`` for
+the fractions of training listed in ``snapshots``, and ``checkpoint.pt``.
+
+**Resuming.** Every ``checkpoint_every`` seconds (and when the run ends or reaches
+``--until``) the run writes ``checkpoint.pt``: model, heads, optimiser, step, the data
+sampler's and PyTorch's random state, the log so far and the running loss. It is
+written to a temporary file and renamed, so a run killed while writing keeps the
+previous one. ``--resume`` continues from it and gives the same weights and the same
+log (timing fields aside) as a run that was never stopped. A resumed run may change
+``steps`` only with a constant schedule (a cosine schedule depends on it), and
+``threads``, ``device``, ``checkpoint_every`` and ``until`` freely; anything else is
+refused.
+
+**Data.** ``fresh=False`` (the bundled minis) samples batches from a fixed training set
+of ``n_train`` scenes; ``fresh=True`` draws new scenes every step, seeded by
+``(seed, step)``, so no image is seen twice and nothing but the step is needed to
+resume. Scene options (``border``, ``texture``, ``trigger``, object sizes, image size)
+are :func:`vitreg_lib.data.make_scenes`'s.
+
+**Objectives** (``objective``):
+
+* ``label`` — the image label through the model's own head ([CLS] token, or the mean
+  of the patches without [CLS]);
+* ``dense_label`` — *every patch* predicts the image label (the model's head applied to
+  each normed patch token; the image prediction is the mean of the patch logits, which
+  is what ``model(x)`` returns, since the model pools before a linear head);
+* ``dense_recon`` — every patch reconstructs its own pixels (a linear head, saved in
+  ``heads.safetensors``), mean squared error in normalised pixel units;
+* ``dense_both`` — the two dense losses added, the reconstruction weighted by
+  ``recon_weight``.
+
+**The log** (:func:`norm_stats`) measures the residual stream *before any LayerNorm*,
+at two places in each block: after the attention (keys ``attn_*``) and after the MLP
+(the block output, the keys without prefix, as in the bundled logs). For each: median,
+p99, max, max/median, kurtosis, the share of patches above a histogram gap (and the
+share of those on background), the mean + 3·std share, and the share of the top-1 %
+norm patches that lie on background, beside ``background_share``, the share of
+background among all patches (a random placement already puts that share there).
+``sink_attention`` is, over the block's heads, the largest mean (over images) of the
+attention the most-attended token receives from all queries; ``sink_on_prefix`` /
+``sink_on_background`` say where that token sits in that head.
 """
 
 from __future__ import annotations
@@ -19,6 +61,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -34,6 +77,10 @@ from .models import LoadedModel, ModelSpec, build_vit
 from .outliers import HistogramGap, MeanStd, detect, token_norms
 
 MEAN = STD = (0.5, 0.5, 0.5)
+OBJECTIVES = ("label", "dense_label", "dense_recon", "dense_both")
+SCHEDULES = ("cosine", "constant")
+#: fields a resumed run may change (``steps`` only under a constant schedule)
+RESUMABLE_CHANGES = ("steps", "threads", "device", "checkpoint_every")
 
 
 @dataclass
@@ -45,48 +92,106 @@ class TrainConfig:
     patch: int = 4
     img_size: int = 32
     cls_token: bool = True
+    layerscale: float = 0.0  # LayerScale init (DINOv2: 1e-5); 0 = none
     task: str = "count_shape"
     max_objects: int = 3
     min_object: float = 0.15  # object side as a share of the image: smaller = more background
     max_object: float = 0.35
     separate_objects: bool = False  # boxes never touch, so counts are unambiguous
-    n_train: int = 20000
+    border: int = 0  # pixels along the edge that no object enters
+    texture: float = 0.0  # amplitude of a background grating
+    trigger: float = 0.0  # probability of the rare trigger shape in a scene
+    noise: float = 0.02
+    fresh: bool = False  # new scenes every step instead of a fixed training set
+    n_train: int = 20000  # the fixed training set (fresh=False)
     n_val: int = 500
+    objective: str = "label"
+    recon_weight: float = 1.0
     steps: int = 600
     batch: int = 64
     lr: float = 1e-3
+    schedule: str = "cosine"  # after linear warmup: cosine to 0, or constant
     weight_decay: float = 0.05
+    beta2: float = 0.999
+    eps: float = 1e-8
     warmup: int = 100
+    flip: bool = True  # random horizontal flips
     seed: int = 0
     threads: int = 1
     device: str = "cpu"
     log_points: int = 25
     probe_images: int = 128
     snapshots: list[float] = field(default_factory=list)
+    checkpoint_every: float = 600.0  # seconds between checkpoints
+
+    @property
+    def dense(self) -> bool:
+        return self.objective != "label"
 
     def arch(self, num_classes: int) -> dict:
-        return dict(img_size=self.img_size, patch_size=self.patch, embed_dim=self.dim,
+        arch = dict(img_size=self.img_size, patch_size=self.patch, embed_dim=self.dim,
                     depth=self.depth, num_heads=self.heads, num_classes=num_classes,
                     reg_tokens=self.registers, class_token=self.cls_token,
-                    global_pool="token" if self.cls_token else "avg")
+                    global_pool="token" if self.cls_token and not self.dense else "avg")
+        if self.dense:  # the final norm acts on every token; the head reads each patch
+            arch["fc_norm"] = False
+        if self.layerscale:
+            arch["init_values"] = self.layerscale
+        return arch
+
+    def scene(self) -> dict:
+        """Keyword arguments of :func:`vitreg_lib.data.make_scenes` for this run."""
+        out = dict(size=self.img_size, max_objects=self.max_objects, min_object=self.min_object,
+                   max_object=self.max_object, separate=self.separate_objects)
+        # options left at their defaults are left out, so old configs read the same
+        for key, default in (("border", 0), ("texture", 0.0), ("trigger", 0.0), ("noise", 0.02)):
+            if getattr(self, key) != default:
+                out[key] = getattr(self, key)
+        return out
+
+    def check(self) -> None:
+        from .data import Scenes
+
+        if self.task not in Scenes.TASKS:
+            raise ValueError(f"Unknown task {self.task!r}; choose one of {Scenes.TASKS}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {OBJECTIVES}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Unknown schedule {self.schedule!r}; choose one of {SCHEDULES}.")
+        if self.img_size % self.patch:
+            raise ValueError(f"img_size={self.img_size} is not a multiple of patch={self.patch}.")
 
 
 #: the recipe behind the bundled mini models: the best-learning one of the mini-lab's
 #: search so far (experiments/RESULTS.md, r2_sep_count). No recipe has made outliers yet.
 MINI_RECIPE = dict(steps=1500, separate_objects=True, task="count", max_objects=4)
+#: mini-lab v2 (issue 9): 64-px scenes with 4-px patches (256 patches), 6 x 64 ViT, fresh
+#: scenes every step, objects kept off a 4-px background frame, constant learning rate
+LAB_V2 = dict(img_size=64, dim=64, depth=6, heads=4, patch=4, max_objects=4, separate_objects=True,
+              min_object=0.1, max_object=0.25, border=4, fresh=True, schedule="constant",
+              task="count", steps=20000, lr=2e-3, weight_decay=0.1, warmup=500, log_points=41,
+              probe_images=64, n_val=256)
 PRESETS: dict[str, TrainConfig] = {
     "mini_v1": TrainConfig(),  # the foundation's first recipe, the mini-lab's starting point
     # the register family of chapter 5: one recipe, 0, 1, 2, 4 or 8 registers
     **{f"mini_reg{n}": TrainConfig(registers=n, **MINI_RECIPE) for n in (0, 1, 2, 4, 8)},
+    "lab_v2": TrainConfig(**LAB_V2),
     "tiny_test": TrainConfig(depth=2, dim=32, heads=2, n_train=64, n_val=32, steps=4,
                              batch=16, warmup=1, log_points=2, probe_images=8,
                              img_size=16, snapshots=[0.5]),
+    "tiny_v2": TrainConfig(depth=2, dim=32, heads=2, n_val=32, steps=6, batch=8, warmup=2,
+                           log_points=3, probe_images=8, img_size=16, cls_token=False,
+                           fresh=True, objective="dense_both", schedule="constant", border=2,
+                           max_object=0.4, trigger=0.3, task="count_trigger", max_objects=2,
+                           checkpoint_every=0.0),
 }
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
 
@@ -96,23 +201,77 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return (x - 0.5) / 0.5
 
 
-def norm_stats(model: torch.nn.Module, probe: torch.Tensor, name: str) -> list[dict]:
-    """Per-layer patch and register norm statistics on ``probe`` (used in the log)."""
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[B, 3, H, W]`` -> ``[B, N, patch*patch*3]``, patches in row-major grid order
+    (the order of the ViT's patch tokens), each patch's pixels row-major, channels last."""
+    b, c, h, w = x.shape
+    if h % patch or w % patch:
+        raise ValueError(f"Image {h}x{w} is not a multiple of the patch {patch}.")
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s fresh scenes: independent of every other step's and
+    of the validation (10,000 + seed) and task-accuracy (20,000) seeds' streams."""
+    return int(np.random.SeedSequence([seed, step, 0x5CE7E5]).generate_state(1, np.uint64)[0])
+
+
+def _kurtosis(x: np.ndarray) -> float:
+    """Excess kurtosis (0 for a normal distribution; large for a heavy tail)."""
+    d = x - x.mean()
+    var = float((d ** 2).mean())
+    return float((d ** 4).mean() / var ** 2 - 3) if var > 0 else 0.0
+
+
+def _site_stats(n: np.ndarray, background: np.ndarray | None, prefix: str = "") -> dict:
+    """Norm statistics of one site (patch norms ``n``, flat) for the log."""
+    gap, ms = detect(n, HistogramGap()), detect(n, MeanStd(3))
+    med = float(np.median(n))
+    row = {"median": med, "p99": float(np.percentile(n, 99)), "max": float(n.max()),
+           "max_over_median": float(n.max() / med) if med > 0 else float("inf"),
+           "kurtosis": _kurtosis(n), "gap_fraction": gap.fraction,
+           "gap_threshold": gap.threshold if gap.found else None, "meanstd_fraction": ms.fraction}
+    if background is not None:
+        top = n >= np.percentile(n, 99)
+        row["top1_background"] = float(background[top].mean())
+        row["gap_background"] = float(background[gap.mask].mean()) if gap.found else None
+    return {prefix + k: v for k, v in row.items()}
+
+
+def norm_stats(model: torch.nn.Module, probe: torch.Tensor, name: str,
+               background: np.ndarray | None = None) -> list[dict]:
+    """Per-layer norm statistics on ``probe`` (the training log; see the module's
+    docstring). ``background``: ``[B, num_patches]`` bool, True where a patch holds no
+    object pixel; without it the background shares are left out."""
     spec = ModelSpec(name, "mini", "", "mini", registers=int(model.num_reg_tokens or 0),
                      cls_token=model.cls_token is not None, img_size=probe.shape[-1])
     lm = LoadedModel(spec, model, MEAN, STD, probe.shape[-1])
-    feats = extract(lm, probe, layers="all", progress=False)
+    feats = extract(lm, probe, layers="all", mid=True, received=True, progress=False)
+    lay = feats.layout
+    bg = None if background is None else np.asarray(background, bool).ravel()
     out = []
     for layer in feats.layers:
         n = token_norms(feats.patches(layer)).numpy().ravel()
-        gap, ms = detect(n, HistogramGap()), detect(n, MeanStd(3))
-        row = dict(layer=layer, median=float(np.median(n)), p99=float(np.percentile(n, 99)),
-                   max=float(n.max()), gap_fraction=gap.fraction,
-                   gap_threshold=gap.threshold if gap.found else None,
-                   meanstd_fraction=ms.fraction)
-        if feats.layout.num_registers:
+        row = dict(layer=layer, **_site_stats(n, bg))
+        mid = lay.split(feats.after_attention(layer))["patches"]
+        row.update(_site_stats(token_norms(mid).numpy().ravel(), bg, prefix="attn_"))
+        if bg is not None:
+            row["background_share"] = float(bg.mean())
+        recv = feats.attention_received(layer)  # [B, heads, N]
+        top_val, top_idx = recv.max(dim=-1)  # the most-attended token, per image and head
+        head = int(top_val.mean(0).argmax())
+        row["sink_attention"] = float(top_val.mean(0)[head])
+        idx = top_idx[:, head].numpy()
+        row["sink_on_prefix"] = float((idx < lay.num_prefix).mean())
+        if bg is not None:
+            is_patch = (idx >= lay.num_prefix) & (idx < lay.num_prefix + lay.num_patches)
+            per_image = bg.reshape(len(idx), -1)
+            on_bg = [is_patch[i] and per_image[i, idx[i] - lay.num_prefix] for i in range(len(idx))]
+            row["sink_on_background"] = float(np.mean(on_bg))
+        if lay.num_registers:
             row["register_norm_mean"] = float(token_norms(feats.registers(layer)).mean())
-        if feats.layout.num_cls:
+        if lay.num_cls:
             row["cls_norm_mean"] = float(token_norms(feats.cls(layer)).mean())
         out.append(row)
     return out
@@ -126,6 +285,26 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).float().mean())
 
 
+@torch.no_grad()
+def dense_metrics(model: torch.nn.Module, recon: torch.nn.Module | None, x: torch.Tensor,
+                  y: torch.Tensor, patch: int) -> dict:
+    """Validation metrics of a dense objective: the share of patches that predict the
+    image label, and the pixel reconstruction error (normalised units)."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = err = 0.0
+    for xb, yb in zip(torch.split(x, 128), torch.split(y, 128)):
+        tokens = model.forward_features(xb.to(device))[:, model.num_prefix_tokens:]
+        correct += float((model.head(tokens).argmax(-1).cpu() == yb[:, None]).float().sum())
+        if recon is not None:
+            err += float(((recon(tokens) - patchify(xb.to(device), patch)) ** 2).mean(-1).sum())
+    n = x.shape[0] * (x.shape[-1] // patch) ** 2
+    out = {"patch_acc": correct / n}
+    if recon is not None:
+        out["recon_mse"] = err / n
+    return out
+
+
 def task_accuracy(lm: LoadedModel, n: int = 500, seed: int = 20_000) -> float:
     """Accuracy (%) of a mini model's own head on ``n`` fresh scenes drawn like its
     training data (its ``config.json``), from a seed its training and validation never used."""
@@ -133,8 +312,9 @@ def task_accuracy(lm: LoadedModel, n: int = 500, seed: int = 20_000) -> float:
     if not data or data.get("dataset") != "scenes":
         raise ValueError(f"{lm.name} has no scenes training config: task accuracy is measured "
                          "for mini models only.")
-    keys = ("size", "max_objects", "min_object", "max_object", "separate")
-    scenes = make_scenes(n, seed=seed, **{k: data[k] for k in keys})
+    keys = ("size", "max_objects", "min_object", "max_object", "separate", "border", "texture",
+            "trigger", "noise")
+    scenes = make_scenes(n, seed=seed, **{k: data[k] for k in keys if k in data})
     x, y = _to_tensor(scenes.images), torch.from_numpy(scenes.label(data["task"]))
     return 100 * accuracy(lm.model, x, y)
 
@@ -145,78 +325,189 @@ def _hardware(cfg: TrainConfig) -> str:
     return f"{where}, torch {torch.__version__}"
 
 
-def train(cfg: TrainConfig, out: str | Path, command: str = "") -> dict:
-    """Train one model as ``cfg`` says and write the run folder ``out``."""
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _check_resume(saved: TrainConfig, cfg: TrainConfig) -> None:
+    changed = [f.name for f in dataclasses.fields(TrainConfig)
+               if getattr(saved, f.name) != getattr(cfg, f.name)]
+    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if refused:
+        raise ValueError(f"A resumed run cannot change {refused} (saved: "
+                         f"{ {k: getattr(saved, k) for k in refused} }); start a new run instead.")
+    if "steps" in changed and cfg.schedule != "constant":
+        raise ValueError("steps can change on resume only with schedule='constant': the cosine "
+                         "schedule depends on the total number of steps.")
+
+
+def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = False,
+          until: int | None = None) -> dict:
+    """Train one model as ``cfg`` says and write the run folder ``out``.
+
+    ``resume=True`` continues from ``out/checkpoint.pt`` (``cfg`` must match the saved
+    config but for :data:`RESUMABLE_CHANGES`). ``until``: stop after that step with a
+    checkpoint (no final model), e.g. to train in chunks. Returns the run's config
+    dict, or ``None`` when stopped by ``until``.
+    """
     from safetensors.torch import save_file
 
-    if cfg.task not in ("count", "largest_shape", "count_shape"):
-        raise ValueError(f"Unknown task {cfg.task!r}.")
+    cfg.check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.snapshots:
         (out / "snapshots").mkdir(exist_ok=True)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    t0 = time.time()
-    scene = dict(size=cfg.img_size, max_objects=cfg.max_objects, min_object=cfg.min_object,
-                 max_object=cfg.max_object, separate=cfg.separate_objects)
-    train_set = make_scenes(cfg.n_train, seed=cfg.seed, **scene)
+    scene = cfg.scene()
+    if cfg.fresh:
+        train_set = x_train = y_train = None
+    else:
+        train_set = make_scenes(cfg.n_train, seed=cfg.seed, **scene)
+        x_train, y_train = _to_tensor(train_set.images), torch.from_numpy(train_set.label(cfg.task))
     val_set = make_scenes(cfg.n_val, seed=10_000 + cfg.seed, **scene)
-    x_train, y_train = _to_tensor(train_set.images), torch.from_numpy(train_set.label(cfg.task))
     x_val, y_val = _to_tensor(val_set.images), torch.from_numpy(val_set.label(cfg.task))
     probe = x_val[: cfg.probe_images]
-    num_classes = train_set.num_classes(cfg.task)
+    probe_bg = val_set.patch_foreground(cfg.patch)[: cfg.probe_images].reshape(len(probe), -1) == 0
+    num_classes = 2 * cfg.max_objects if cfg.task == "count_trigger" else (
+        2 if cfg.task == "trigger" else (train_set or val_set).num_classes(cfg.task))
+    if not cfg.fresh and cfg.task in ("count", "count_shape"):
+        num_classes = train_set.num_classes(cfg.task)  # the bundled minis' rule, unchanged
+    elif cfg.task == "count":
+        num_classes = cfg.max_objects
     arch = cfg.arch(num_classes)
     model = build_vit(arch).to(cfg.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    recon = None
+    if cfg.objective in ("dense_recon", "dense_both"):
+        recon = torch.nn.Linear(cfg.dim, cfg.patch * cfg.patch * 3).to(cfg.device)
+    params = list(model.parameters()) + (list(recon.parameters()) if recon is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            betas=(0.9, cfg.beta2), eps=cfg.eps)
     gen = torch.Generator().manual_seed(cfg.seed)
+    log, running, start, wall_before = [], [], 0, 0.0
+    ckpt_path = out / "checkpoint.pt"
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"No checkpoint to resume in {out} (expected {ckpt_path.name}).")
+        ck = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        _check_resume(TrainConfig(**ck["config"]), cfg)
+        model.load_state_dict(ck["model"])
+        if recon is not None:
+            recon.load_state_dict(ck["recon"])
+        opt.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        log, running, start, wall_before = ck["log"], ck["running"], ck["step"], ck["wall_s"]
+        log = [e for e in log if e["step"] < start]  # entries at `start` are recomputed
+        print(f"resumed {out} at step {start}/{cfg.steps}", flush=True)
+
+    def checkpoint(step: int) -> None:
+        _save_atomic(dict(config=dataclasses.asdict(cfg), step=step, model=model.state_dict(),
+                          recon=recon.state_dict() if recon is not None else {},
+                          optimizer=opt.state_dict(), generator=gen.get_state(),
+                          torch_rng=torch.get_rng_state(), log=log, running=running,
+                          wall_s=wall_before + time.time() - t0), ckpt_path)
+
+    t0 = time.time()
+    last_ckpt = t0
     log_at = sorted({round(i * cfg.steps / (cfg.log_points - 1)) for i in range(cfg.log_points)})
     snap_at = {max(1, round(f * cfg.steps)) for f in cfg.snapshots}
-    log, running = [], []
-    for step in range(cfg.steps + 1):
+    tick, tick_step = time.time(), start
+    for step in range(start, cfg.steps + 1):
+        if until is not None and step >= until and step < cfg.steps:
+            checkpoint(step)
+            print(f"stopped at step {step} (until={until}); resume with --resume", flush=True)
+            return None
         if step in log_at:
-            entry = dict(step=step, fraction=step / cfg.steps,
+            now = time.time()
+            entry = dict(step=step, fraction=step / cfg.steps, images=step * cfg.batch,
                          loss=float(np.mean(running)) if running else None,
-                         val_acc=accuracy(model, x_val, y_val),
-                         layers=norm_stats(model, probe, "training"))
+                         lr=_lr(min(step, cfg.steps - 1), cfg),
+                         val_acc=accuracy(model, x_val, y_val))
+            if cfg.dense:
+                entry.update(dense_metrics(model, recon, x_val, y_val, cfg.patch))
+            entry["layers"] = norm_stats(model, probe, "training", probe_bg)
+            entry["wall_s"] = round(wall_before + now - t0, 1)
+            entry["images_per_s"] = (round((step - tick_step) * cfg.batch / (now - tick), 1)
+                                     if step > tick_step else None)
             log.append(entry)
             (out / "log.json").write_text(json.dumps(log))  # readable while training runs
             running = []
-            print(f"step {step}/{cfg.steps} loss {entry['loss']} val_acc {entry['val_acc']:.3f}",
-                  flush=True)
+            print(f"step {step}/{cfg.steps} loss {entry['loss']} val_acc {entry['val_acc']:.3f} "
+                  f"images/s {entry['images_per_s']}", flush=True)
+            tick, tick_step = time.time(), step
         if step in snap_at:
             save_file({k: v.cpu() for k, v in model.state_dict().items()},
                       str(out / "snapshots" / f"step_{step:06d}.safetensors"))
         if step == cfg.steps:
             break
+        if cfg.checkpoint_every >= 0 and time.time() - last_ckpt >= cfg.checkpoint_every \
+                and step > start:
+            checkpoint(step)
+            last_ckpt = time.time()
         model.train()
-        idx = torch.randint(0, len(x_train), (cfg.batch,), generator=gen)
-        xb, yb = x_train[idx].to(cfg.device), y_train[idx].to(cfg.device)
-        flip = (torch.rand(cfg.batch, generator=gen) < 0.5).to(cfg.device)
-        xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        if cfg.fresh:
+            sseed = _step_seed(cfg.seed, step)
+            batch = make_scenes(cfg.batch, seed=sseed, **scene)
+            xb, yb = _to_tensor(batch.images), torch.from_numpy(batch.label(cfg.task))
+            flip = torch.rand(cfg.batch, generator=torch.Generator().manual_seed(sseed % 2**63)) < 0.5
+        else:
+            idx = torch.randint(0, len(x_train), (cfg.batch,), generator=gen)
+            xb, yb = x_train[idx], y_train[idx]
+            flip = torch.rand(cfg.batch, generator=gen) < 0.5
+        xb, yb = xb.to(cfg.device), yb.to(cfg.device)
+        if cfg.flip:
+            flip = flip.to(cfg.device)
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
-        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        loss = _loss(model, recon, xb, yb, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         running.append(loss.item())
 
-    wall = time.time() - t0
+    wall = wall_before + time.time() - t0
+    checkpoint(cfg.steps)
     model.cpu()
     save_file(model.state_dict(), str(out / "model.safetensors"))
+    if recon is not None:
+        save_file({f"recon.{k}": v.cpu() for k, v in recon.state_dict().items()},
+                  str(out / "heads.safetensors"))
+    result = dict(val_acc=log[-1]["val_acc"], chance=1 / num_classes, wall_s=round(wall, 2),
+                  hardware=_hardware(cfg), command=command)
+    for key in ("patch_acc", "recon_mse"):
+        if key in log[-1]:
+            result[key] = log[-1][key]
     config = dict(
         arch=arch,
-        data=dict(dataset="scenes", mean=MEAN, std=STD, task=cfg.task, n_train=cfg.n_train,
-                  seed=cfg.seed, **scene),
+        data=dict(dataset="scenes", mean=MEAN, std=STD, task=cfg.task,
+                  n_train=None if cfg.fresh else cfg.n_train, seed=cfg.seed, **scene),
         train=dataclasses.asdict(cfg),
-        result=dict(val_acc=log[-1]["val_acc"], chance=1 / num_classes, wall_s=round(wall, 2),
-                    hardware=_hardware(cfg),
-                    command=command),
+        result=result,
     )
     (out / "config.json").write_text(json.dumps(config, indent=1))
     (out / "log.json").write_text(json.dumps(log))
     return config
+
+
+def _loss(model: torch.nn.Module, recon: torch.nn.Module | None, xb: torch.Tensor,
+          yb: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The training loss of ``cfg.objective`` on one batch."""
+    if not cfg.dense:
+        return torch.nn.functional.cross_entropy(model(xb), yb)
+    tokens = model.forward_features(xb)[:, model.num_prefix_tokens:]  # normed patch tokens
+    loss = 0.0
+    if cfg.objective in ("dense_label", "dense_both"):
+        logits = model.head(tokens)  # [B, N, classes]
+        target = yb[:, None].expand(-1, tokens.shape[1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+    if recon is not None:
+        mse = torch.nn.functional.mse_loss(recon(tokens), patchify(xb, cfg.patch))
+        loss = loss + (cfg.recon_weight * mse if cfg.objective == "dense_both" else mse)
+    return loss
 
 
 def log_table(log: list[dict]):
@@ -252,8 +543,10 @@ def summarize_log(log: list[dict], min_fraction: float = 0.002) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    p.add_argument("--preset", choices=sorted(PRESETS), help="the recipe (not with --resume)")
     p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--until", type=int, help="stop after this step, leaving a checkpoint")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "snapshots":
             p.add_argument("--snapshots", type=float, nargs="*")
@@ -262,11 +555,29 @@ def main(argv: list[str] | None = None) -> None:
         else:
             p.add_argument(f"--{f.name}", type={"int": int, "float": float, "str": str}[str(f.type)])
     args = p.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("preset", "out") and v is not None}
-    cfg = dataclasses.replace(PRESETS[args.preset], **overrides)
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("preset", "out", "resume", "until") and v is not None}
     cmd = "python -m vitreg_lib.train " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = train(cfg, args.out, command=cmd)
-    print(json.dumps(result["result"]))
+    if args.resume:
+        if args.preset:
+            p.error("--resume reads the recipe from the checkpoint: leave out --preset.")
+        ck = Path(args.out) / "checkpoint.pt"
+        if not ck.is_file():
+            p.error(f"--resume: no checkpoint at {ck}.")
+        saved = torch.load(ck, weights_only=True, map_location="cpu")["config"]
+        cfg = dataclasses.replace(TrainConfig(**saved), **overrides)
+        old = Path(args.out) / "command.txt"
+        first = old.read_text().strip() if old.is_file() else ""
+        cmd = f"{first} ; {cmd}" if first else cmd
+    else:
+        if not args.preset:
+            p.error("--preset is required (or --resume to continue a run).")
+        cfg = dataclasses.replace(PRESETS[args.preset], **overrides)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "command.txt").write_text(cmd + "\n")
+    result = train(cfg, args.out, command=cmd, resume=args.resume, until=args.until)
+    if result is not None:
+        print(json.dumps(result["result"]))
 
 
 if __name__ == "__main__":
