@@ -123,7 +123,8 @@ class Features:
 
     def attention_received(self, layer: int) -> torch.Tensor:
         """Attention each token receives in block ``layer``, per head, averaged over all
-        queries: ``[B, heads, N]`` (each row sums to 1 over the tokens)."""
+        queries: ``[B, heads, N]`` (each row sums to 1 over the tokens, or less where
+        a learned bias slot takes a share)."""
         return self.received[self._key(layer, self.received)]
 
 
@@ -143,31 +144,34 @@ def _normalise_layers(layers: int | str | Iterable[int] | None, depth: int) -> l
     return sorted(set(out))
 
 
-def _attention_hook(attn: torch.nn.Module, num_prefix: int, sink: list) -> Callable:
+def _attention_probs(attn: torch.nn.Module, qkv_out: torch.Tensor, queries: slice) -> torch.Tensor:
+    """``softmax(q kᵀ · scale)`` of the ``queries`` rows from a block's ``qkv`` output:
+    ``[B, heads, queries, N]``. A learned key slot (``key_bias``, see
+    :class:`vitreg_lib.models.VariantAttention`) joins the softmax and its column is then
+    dropped, so a row sums to what the tokens receive (less than 1)."""
     heads, head_dim = attn.num_heads, getattr(attn, "head_dim", None)
+    b, n, _ = qkv_out.shape
+    hd = head_dim or qkv_out.shape[-1] // (3 * heads)
+    q, k, _v = qkv_out.reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    key_bias = getattr(attn, "key_bias", None)
+    if key_bias is not None:
+        k = torch.cat([k, key_bias[None, :, None].expand(b, -1, -1, -1)], dim=2)
+    probs = ((q[:, :, queries] * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
+    return probs[..., :n]
 
+
+def _attention_hook(attn: torch.nn.Module, num_prefix: int, sink: list) -> Callable:
     def hook(_module, _inputs, out):
-        b, n, _ = out.shape
-        hd = head_dim or out.shape[-1] // (3 * heads)
-        q, k, _v = out.reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        logits = (q[:, :, :num_prefix] * attn.scale) @ k.transpose(-2, -1)
-        sink.append(logits.float().softmax(dim=-1))
+        sink.append(_attention_probs(attn, out, slice(0, num_prefix)))
 
     return hook
 
 
 def _received_hook(attn: torch.nn.Module, sink: list) -> Callable:
     """Attention received by each key, averaged over all queries, per head."""
-    heads, head_dim = attn.num_heads, getattr(attn, "head_dim", None)
-
     def hook(_module, _inputs, out):
-        b, n, _ = out.shape
-        hd = head_dim or out.shape[-1] // (3 * heads)
-        q, k, _v = out.reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        probs = ((q * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
-        sink.append(probs.mean(dim=2).cpu())
+        sink.append(_attention_probs(attn, out, slice(None)).mean(dim=2).cpu())
 
     return hook
 

@@ -93,6 +93,7 @@ class TrainConfig:
     img_size: int = 32
     cls_token: bool = True
     layerscale: float = 0.0  # LayerScale init (DINOv2: 1e-5); 0 = none
+    attention: str = "softmax"  # or "gated" / "bias" (models.ATTENTION_VARIANTS)
     task: str = "count_shape"
     max_objects: int = 3
     min_object: float = 0.15  # object side as a share of the image: smaller = more background
@@ -137,6 +138,8 @@ class TrainConfig:
             arch["fc_norm"] = False
         if self.layerscale:
             arch["init_values"] = self.layerscale
+        if self.attention != "softmax":
+            arch["attention"] = self.attention
         return arch
 
     def scene(self) -> dict:
