@@ -111,6 +111,31 @@ def report() -> None:
     print("\n".join(rows))
 
 
+def status(names: list[str]) -> None:
+    """The latest logged point of each run, one line per block: both sites' max/median and
+    gap share, where the top-1 % norms sit against background's share, and the sink."""
+    for name in names or sorted(p.name for p in (HERE / "runs").iterdir()):
+        log_file = HERE / "runs" / name / "log.json"
+        if not log_file.is_file():
+            continue
+        e = json.loads(log_file.read_text())[-1]
+        extra = " ".join(f"{k} {e[k]:.3f}" for k in ("patch_acc", "recon_mse") if e.get(k) is not None)
+        print(f"{name}: step {e['step']} ({e.get('images', 0) / 1e6:.2f} M images) "
+              f"val_acc {e['val_acc']:.3f} {extra}")
+        for r in e["layers"]:
+            if "attn_median" not in r:
+                print(f"  block {r['layer']}: max/med {r['max'] / r['median']:.2f} "
+                      f"gap {r['gap_fraction']:.4f}")
+                continue
+            print(f"  block {r['layer']}: attn max/med {r['attn_max_over_median']:5.2f} "
+                  f"gap {r['attn_gap_fraction']:.4f} | mlp max/med {r['max_over_median']:5.2f} "
+                  f"gap {r['gap_fraction']:.4f} kurt {r['kurtosis']:6.2f} | top1% on bg "
+                  f"{r.get('top1_background', float('nan')):.2f} "
+                  f"(bg {r.get('background_share', float('nan')):.2f})"
+                  f" | sink {r['sink_attention']:.3f} on prefix {r['sink_on_prefix']:.2f} "
+                  f"on bg {r.get('sink_on_background', float('nan')):.2f}")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -118,5 +143,12 @@ if __name__ == "__main__":
     r.add_argument("names", nargs="+")
     r.add_argument("--jobs", type=int, default=2)
     sub.add_parser("report")
+    st = sub.add_parser("status")
+    st.add_argument("names", nargs="*")
     a = p.parse_args()
-    run(a.names, a.jobs) if a.cmd == "run" else report()
+    if a.cmd == "run":
+        run(a.names, a.jobs)
+    elif a.cmd == "status":
+        status(a.names)
+    else:
+        report()

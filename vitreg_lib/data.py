@@ -309,3 +309,63 @@ def labelled_images(dataset: str, n: int, seed: int = 0,
     images = [ds[int(i)][0] for i in idx]
     labels = np.array([ds[int(i)][1] for i in idx])
     return LabelledImages(images, labels, f"{len(idx)} {dataset} test images (seed {seed}), label: class")
+
+
+@dataclass
+class BoxedImages:
+    """Images with their ground-truth object boxes (for object discovery).
+
+    ``boxes[i]``: ``[k, 4]`` float, ``x0, y0, x1, y1`` in continuous pixel coordinates of
+    image ``i`` (a box ``0, 0, W, H`` covers the whole image)."""
+
+    images: list[Image.Image]
+    boxes: list[np.ndarray]
+    description: str
+    scenes: Scenes | None = None
+
+
+def voc_box(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[float, float, float, float]:
+    """A Pascal VOC annotation (1-based, inclusive pixel corners) in continuous coordinates."""
+    return float(xmin) - 1, float(ymin) - 1, float(xmax), float(ymax)
+
+
+def boxed_images(dataset: str, n: int, seed: int = 0, root: str | Path = "~/.cache/vitreg",
+                 **scene) -> BoxedImages:
+    """``n`` images with object boxes: ``"scenes"`` (offline; ``scene`` are
+    :func:`make_scenes` options, e.g. a mini model's training distribution) or
+    ``"VOC07"`` (Pascal VOC 2007 trainval, as in LOST and the paper's Table 3; downloaded
+    by torchvision to ``root`` the first time, about 450 MB: needs the network).
+    ``n`` images are drawn at random (seed ``seed``); ``n=None`` or more than the
+    dataset holds takes all of them, in order."""
+    if dataset == "scenes":
+        s = make_scenes(n, seed=seed, **scene)
+        return BoxedImages(s.pil(), [b.astype(np.float64) for b in s.boxes],
+                           f"{n} scenes (seed {seed}, {s.size} px)", s)
+    if dataset != "VOC07":
+        raise ValueError(f"Unknown dataset {dataset!r} for object discovery: use 'scenes' (offline) "
+                         "or 'VOC07' (downloaded by torchvision).")
+    if scene:
+        raise ValueError(f"Scene options {sorted(scene)} apply to dataset='scenes' only.")
+    import torchvision
+
+    folder = Path(root).expanduser()
+    try:
+        ds = torchvision.datasets.VOCDetection(str(folder), year="2007", image_set="trainval",
+                                               download=not (folder / "VOCdevkit" / "VOC2007").is_dir())
+    except Exception as err:  # torchvision raises URLError / RuntimeError offline
+        raise RuntimeError(f"Could not get Pascal VOC 2007 into {folder} ({type(err).__name__}: {err}). "
+                           "It downloads from the internet the first time; offline, use "
+                           "dataset='scenes'.") from err
+    total = len(ds)
+    idx = (np.arange(total) if n is None or n >= total
+           else np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)))
+    images, boxes = [], []
+    for i in idx:
+        image, target = ds[int(i)]
+        objects = target["annotation"]["object"]
+        objects = objects if isinstance(objects, list) else [objects]
+        boxes.append(np.array([voc_box(*(o["bndbox"][c] for c in ("xmin", "ymin", "xmax", "ymax")))
+                               for o in objects], dtype=np.float64).reshape(-1, 4))
+        images.append(image.convert("RGB"))
+    what = "all" if len(idx) == total else f"{len(idx)} random (seed {seed})"
+    return BoxedImages(images, boxes, f"VOC07 trainval, {what} of {total} images")

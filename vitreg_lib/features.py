@@ -12,7 +12,9 @@ timm's ``forward_intermediates``) and keeps, for the requested layers only:
   its MLP (the input of ``norm2``: outliers can appear right after a middle MLP, and
   this tells the attention's part from the MLP's), and the attention each token
   *receives*: per head, the mean over every query of the block (an attention sink
-  receives most of it).
+  receives most of it);
+* optionally the attention *keys* of each requested block (LOST's features, see
+  :mod:`vitreg_lib.discovery`).
 
 timm's attention is fused (``scaled_dot_product_attention``) and never materialises the
 attention matrix, so it is recomputed from the block's ``qkv`` projection in a forward
@@ -48,6 +50,7 @@ class Features:
     attention: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, heads, prefix, N]
     mlp: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, N, hidden]
     mid: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, N, D] after attention
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, N, heads * head_dim]
     received: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, heads, N]
 
     @property
@@ -121,6 +124,11 @@ class Features:
         ``[B, N, D]`` (all tokens, split it with ``layout.split``)."""
         return self.mid[self._key(layer, self.mid)]
 
+    def attention_keys(self, layer: int) -> torch.Tensor:
+        """The attention keys of block ``layer`` (after ``k_norm``, heads concatenated):
+        ``[B, N, heads * head_dim]``, all tokens (split them with ``layout.split``)."""
+        return self.keys[self._key(layer, self.keys)]
+
     def attention_received(self, layer: int) -> torch.Tensor:
         """Attention each token receives in block ``layer``, per head, averaged over all
         queries: ``[B, heads, N]`` (each row sums to 1 over the tokens, or less where
@@ -168,6 +176,19 @@ def _attention_hook(attn: torch.nn.Module, num_prefix: int, sink: list) -> Calla
     return hook
 
 
+def _keys_hook(attn: torch.nn.Module, sink: list) -> Callable:
+    """The keys of every token, heads concatenated: ``[B, N, heads * head_dim]``."""
+    heads, head_dim = attn.num_heads, getattr(attn, "head_dim", None)
+
+    def hook(_module, _inputs, out):
+        b, n, _ = out.shape
+        hd = head_dim or out.shape[-1] // (3 * heads)
+        k = attn.k_norm(out.reshape(b, n, 3, heads, hd)[:, :, 1].transpose(1, 2))  # [B, heads, N, hd]
+        sink.append(k.transpose(1, 2).reshape(b, n, heads * hd).float().cpu())
+
+    return hook
+
+
 def _received_hook(attn: torch.nn.Module, sink: list) -> Callable:
     """Attention received by each key, averaged over all queries, per head."""
     def hook(_module, _inputs, out):
@@ -179,7 +200,7 @@ def _received_hook(attn: torch.nn.Module, sink: list) -> Callable:
 def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
             layers: int | str | Iterable[int] | None = "all", *, final: bool = False,
             attention: bool = False, mlp: bool | Iterable[int] = False, embeddings: bool = False,
-            mid: bool = False, received: bool = False,
+            mid: bool = False, received: bool = False, keys: bool = False,
             batch_size: int = 32, progress: bool | None = None) -> Features:
     """Run ``lm`` over ``images`` in batches and keep the requested outputs.
 
@@ -189,7 +210,8 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     ``mlp``: ``True`` for the same layers, or a list of layers of its own (the
     register-neuron search reads the MLPs of many layers and the tokens of one).
     ``mid``: also keep each layer's residual stream after attention (before the MLP);
-    ``received``: also keep the attention each token receives from all queries.
+    ``received``: also keep the attention each token receives from all queries;
+    ``keys``: also keep the attention keys of every token.
     Tokens appended after the patches (test-time registers, see
     :mod:`vitreg_lib.registers`) are reported by the layout as ``extra``.
     """
@@ -219,6 +241,7 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     mlp_sinks = {i: [] for i in mlp_layers}
     mid_sinks = {i: [] for i in take} if mid else {}
     recv_sinks = {i: [] for i in take} if received else {}
+    key_sinks = {i: [] for i in take} if keys else {}
     emb_sink: list = []
     handles = []
     for i in take:
@@ -235,12 +258,13 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     for i, sink in mid_sinks.items():
         handles.append(model.blocks[i].norm2.register_forward_pre_hook(
             lambda _m, inp, sink=sink: sink.append(inp[0].detach().float().cpu())))
-    for i, sink in recv_sinks.items():
-        if not hasattr(model.blocks[i].attn, "qkv"):
-            raise TypeError(f"Block {i} attention has no fused qkv projection; "
-                            "received attention is not supported for this model.")
-        handles.append(model.blocks[i].attn.qkv.register_forward_hook(
-            _received_hook(model.blocks[i].attn, sink)))
+    for what, sinks, make in (("received attention", recv_sinks, _received_hook),
+                              ("attention keys", key_sinks, _keys_hook)):
+        for i, sink in sinks.items():
+            if not hasattr(model.blocks[i].attn, "qkv"):
+                raise TypeError(f"Block {i} of {lm.name} has no fused qkv projection, so its "
+                                f"{what} cannot be read; use a timm ViT with standard attention.")
+            handles.append(model.blocks[i].attn.qkv.register_forward_hook(make(model.blocks[i].attn, sink)))
 
     batches = list(torch.split(images, batch_size))
     show = (len(batches) > 1) if progress is None else progress
@@ -263,7 +287,8 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
                 if final:
                     store["final"].append(model.norm(x).float().cpu())
                 for name, sinks in (("attention", attn_sinks), ("MLP", mlp_sinks),
-                                    ("norm2", mid_sinks), ("received-attention", recv_sinks)):
+                                    ("norm2", mid_sinks), ("received-attention", recv_sinks),
+                                    ("keys", key_sinks)):
                     for i, sink in sinks.items():
                         if len(sink) != n_batch:
                             raise RuntimeError(f"The {name} hook of block {i} did not fire "
@@ -290,6 +315,7 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
         mlp={k: _join(v) for k, v in mlp_sinks.items()},
         mid={k: _join(v) for k, v in mid_sinks.items()},
         received={k: _join(v) for k, v in recv_sinks.items()},
+        keys={k: _join(v) for k, v in key_sinks.items()},
     )
 
 

@@ -229,6 +229,37 @@ class LoadedModel:
         return f"{self.spec.note or self.name} [{self.spec.tier} tier, {self.img_size}px input]"
 
 
+@dataclass(frozen=True)
+class CropGeometry:
+    """How :func:`preprocess` maps an image of ``width x height`` pixels to the model's
+    ``size x size`` input: resize to ``resized_w x resized_h`` (shorter side = ``size``),
+    then crop the ``size x size`` square at (``left``, ``top``)."""
+
+    width: int
+    height: int
+    size: int
+    resized_w: int
+    resized_h: int
+    left: int
+    top: int
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes ``[..., 4]`` as ``x0, y0, x1, y1`` in the model's input pixels -> the same
+        boxes in the original image's pixels (continuous coordinates: a box ``0, 0, W, H``
+        covers the whole image)."""
+        b = np.asarray(boxes, dtype=np.float64)
+        sx, sy = self.width / self.resized_w, self.height / self.resized_h
+        return np.stack([(b[..., 0] + self.left) * sx, (b[..., 1] + self.top) * sy,
+                         (b[..., 2] + self.left) * sx, (b[..., 3] + self.top) * sy], axis=-1)
+
+
+def crop_geometry(width: int, height: int, size: int) -> CropGeometry:
+    """The resize and centre crop :func:`preprocess` applies to a ``width x height`` image."""
+    scale = size / min(width, height)
+    nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
+    return CropGeometry(width, height, size, nw, nh, (nw - size) // 2, (nh - size) // 2)
+
+
 def preprocess(images: Sequence[Image.Image] | Image.Image, size: int,
                mean: Sequence[float], std: Sequence[float], patch_size: int) -> torch.Tensor:
     """Resize the shorter side to ``size``, centre-crop to ``size x size``, normalise.
@@ -254,12 +285,9 @@ def preprocess(images: Sequence[Image.Image] | Image.Image, size: int,
         if im.mode != "RGB":
             warnings.warn(f"Image {i} has mode {im.mode!r}; converted to RGB.", stacklevel=2)
             im = im.convert("RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        im = im.crop((left, top, left + size, top + size))
+        g = crop_geometry(*im.size, size)
+        im = im.resize((g.resized_w, g.resized_h), Image.BICUBIC)
+        im = im.crop((g.left, g.top, g.left + size, g.top + size))
         arr = np.asarray(im, dtype=np.float32) / 255.0
         out.append(torch.from_numpy(arr).permute(2, 0, 1))
     x = torch.stack(out)

@@ -1,0 +1,172 @@
+"""LOST and CorLoc on known answers (vitreg_lib.discovery)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny
+from PIL import Image
+
+from vitreg_lib import discovery
+from vitreg_lib.data import boxed_images, voc_box
+from vitreg_lib.features import extract
+from vitreg_lib.models import crop_geometry
+
+
+def _scene_features(grid, objects, dim=16, noise=0.3, seed=0):
+    """Background patches share a direction b (plus noise); each object's patches share
+    a direction of its own that points away from b, so they correlate positively with
+    each other only. ``objects``: (row0, col0, row1, col1, direction index) boxes."""
+    rng = np.random.default_rng(seed)
+    rows, cols = grid
+    b = np.zeros(dim)
+    b[0] = 1.0
+    f = b + noise * rng.normal(size=(rows, cols, dim)) / np.sqrt(dim)
+    for r0, c0, r1, c1, axis in objects:
+        d = np.zeros(dim)
+        d[axis] = 2.0 if axis % 2 else -2.0
+        f[r0:r1, c0:c1] = d - b + noise * rng.normal(size=(r1 - r0, c1 - c0, dim)) / np.sqrt(dim)
+    return f.reshape(rows * cols, dim)
+
+
+def test_hand_computed_affinity_degree_and_seed():
+    feats = np.array([[1.0, 0], [0, 1], [1, 1], [-1, 0]])
+    a = discovery.affinity(feats)
+    assert np.array_equal(a, [[1, 0, 1, -1], [0, 1, 1, 0], [1, 1, 2, -1], [-1, 0, -1, 1]])
+    assert list(discovery.degree(a)) == [1, 1, 2, 0]  # the diagonal is not a link
+    r = discovery.lost(feats, (2, 2), k=4)
+    assert r.seed == 3 and r.seed_rc == (1, 1)
+    assert r.box_patches == (1, 1, 2, 2) and r.mask.sum() == 1
+
+
+def test_lost_boxes_the_object_of_a_constructed_feature_map():
+    feats = _scene_features((8, 10), [(2, 3, 5, 7, 1)])
+    r = discovery.lost(feats, (8, 10), k=20)
+    assert 2 <= r.seed_rc[0] < 5 and 3 <= r.seed_rc[1] < 7
+    assert r.box_patches == (3, 2, 7, 5)  # col0, row0, col1, row1
+    assert r.mask.sum() == 12
+
+
+def test_lost_keeps_the_seeds_component_only():
+    # the smaller object has the lower degree, so it seeds; the larger one is not boxed
+    feats = _scene_features((10, 10), [(1, 1, 3, 3, 1), (5, 4, 9, 9, 2)])
+    r = discovery.lost(feats, (10, 10), k=30)
+    assert r.box_patches == (1, 1, 3, 3)
+
+
+def test_corloc_at_the_iou_boundary():
+    gt = [np.array([[0.0, 0, 10, 10]])]
+    assert discovery.iou([0, 0, 10, 5], gt[0])[0] == pytest.approx(0.5)
+    assert discovery.corloc(np.array([[0, 0, 10, 5]]), gt) == 100.0  # IoU 0.50: a hit
+    assert discovery.corloc(np.array([[0, 0, 10, 4.9]]), gt) == 0.0  # IoU 0.49: a miss
+    # some ground-truth box is enough; disjoint boxes have IoU 0
+    gts = [np.array([[50.0, 50, 60, 60], [0, 0, 10, 10]]), np.array([[0.0, 0, 4, 4]])]
+    assert discovery.corloc(np.array([[0, 0, 10, 10], [10, 10, 20, 20]]), gts) == 50.0
+    with pytest.raises(ValueError, match="no ground-truth box"):
+        discovery.corloc(np.array([[0, 0, 1, 1]]), [np.zeros((0, 4))])
+    with pytest.raises(ValueError, match="2 predicted boxes for 1 images"):
+        discovery.corloc(np.zeros((2, 4)), gt)
+
+
+def test_voc_boxes_become_continuous():
+    assert voc_box(1, 1, 500, 375) == (0.0, 0.0, 500.0, 375.0)  # the whole 500x375 image
+
+
+@pytest.mark.parametrize("w,h", [(200, 100), (90, 160), (64, 64)])
+def test_boxes_map_back_through_resize_and_centre_crop(w, h):
+    size = 32
+    g = crop_geometry(w, h, size)
+    # the model's whole input is the centre square of the original image
+    whole = g.to_original(np.array([0, 0, size, size]))
+    side = min(w, h)
+    np.testing.assert_allclose(whole, [(w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2],
+                               atol=0.02 * side)
+    # a marked square lands where the mapping says it does
+    arr = np.zeros((h, w, 3), np.uint8)
+    x0, y0 = w // 2 - 8, h // 2 - 8
+    arr[y0:y0 + 16, x0:x0 + 16] = 255
+    from vitreg_lib.models import preprocess
+
+    x = preprocess(Image.fromarray(arr), size, (0, 0, 0), (1, 1, 1), 4)[0, 0].numpy()
+    ys, xs = np.nonzero(x > 0.5)
+    back = g.to_original(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]))
+    np.testing.assert_allclose(back, [x0, y0, x0 + 16, y0 + 16], atol=max(w, h) / size * 1.5)
+
+
+def test_keys_are_the_blocks_keys(images):
+    lm = tiny(registers=1)
+    f = extract(lm, images, layers=[-1], keys=True)
+    m = lm.model
+    with torch.no_grad():
+        x = m.norm_pre(m._pos_embed(m.patch_embed(images)))
+        for blk in m.blocks[:-1]:
+            x = blk(x)
+        blk = m.blocks[-1]
+        b, n, d = x.shape
+        k = blk.attn.qkv(blk.norm1(x)).reshape(b, n, 3, 2, d // 2)[:, :, 1].reshape(b, n, d)
+    torch.testing.assert_close(f.attention_keys(-1), k, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("registers,test_time", [(0, False), (2, False), (0, True)])
+def test_only_patch_keys_enter_and_boxes_are_in_original_pixels(registers, test_time):
+    from vitreg_lib import registers as regs
+
+    lm = tiny(registers=registers, img_size=16)
+    photos = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (24 + 8 * i, 40, 3), np.uint8))
+              for i in range(3)]
+
+    def run(model):
+        found = discovery.discover(model, photos, k=8)
+        f = extract(model, photos, layers=[-1], keys=True)
+        assert f.attention_keys(-1).shape[1] == f.layout.num_tokens  # keys of every token exist
+        patches = f.layout.split(f.attention_keys(-1))["patches"]
+        assert patches.shape[1] == f.layout.num_patches == 16
+        for i, r in enumerate(found.results):
+            again = discovery.lost(patches[i], f.layout.grid, 8)
+            assert (again.seed, again.box_patches) == (r.seed, r.box_patches)
+        return found, f.layout
+
+    if test_time:
+        with regs.add_test_time_registers(lm, [(1, 0)]) as fixed:
+            found, layout = run(fixed)
+        assert layout.extra == 1
+    else:
+        found, layout = run(lm)
+    assert layout.num_registers == registers
+    for im, box in zip(photos, found.boxes):
+        w, h = im.size
+        assert 0 <= box[0] < box[2] <= w + 1e-6 and 0 <= box[1] < box[3] <= h + 1e-6
+    assert "k = 8" in found.describe() and "keys of the last block" in found.describe()
+
+
+def test_discovery_errors():
+    lm = tiny(registers=0, img_size=16)  # 16 patches
+    photo = [Image.new("RGB", (16, 16))]
+    with pytest.raises(ValueError, match="k=100 is outside 1..16"):
+        discovery.discover(lm, photo)
+    with pytest.raises(ValueError, match="k=0"):
+        discovery.lost(np.ones((4, 2)), (2, 2), k=0)
+    with pytest.raises(ValueError, match="for a 2x3 grid"):
+        discovery.lost(np.ones((4, 2)), (2, 3), k=2)
+
+    class NoQKV(torch.nn.Module):  # an attention with separate q, k, v projections
+        def __init__(self, dim):
+            super().__init__()
+            self.q = torch.nn.Linear(dim, dim)
+
+        def forward(self, x, **_):
+            return self.q(x)
+
+    lm.model.blocks[-1].attn = NoQKV(32)
+    with pytest.raises(TypeError, match="no fused qkv"):
+        discovery.discover(lm, photo, k=4)
+    with pytest.raises(ValueError, match="'scenes' \\(offline\\) or 'VOC07'"):
+        boxed_images("COCO", 3)
+
+
+def test_scenes_come_with_their_boxes():
+    s = boxed_images("scenes", 5, seed=1, size=32, separate=True, max_objects=3)
+    assert len(s.images) == len(s.boxes) == 5 and s.images[0].size == (32, 32)
+    for b, mask in zip(s.boxes, s.scenes.masks):
+        assert b.shape[1] == 4 and len(b) >= 1
+        for x0, y0, x1, y1 in b.astype(int):
+            assert mask[y0:y1, x0:x1].any()

@@ -1,0 +1,179 @@
+"""Object discovery with LOST (Siméoni et al., BMVC 2021) and its score, CorLoc.
+
+LOST finds one object per image from a ViT's patch features, with no training:
+
+1. features ``F``: the keys of the last block's attention, patch tokens only ([CLS],
+   registers and test-time registers never enter), read by
+   :func:`vitreg_lib.features.extract` (``keys=True``);
+2. affinity ``A = F Fᵀ``; the *degree* of a patch is how many other patches it
+   correlates positively with (``A > 0``, the diagonal left out);
+3. the *seed* is the patch with the lowest degree (ties: the first in row-major order).
+   Objects are small, so their patches correlate with few others;
+4. expansion: of the ``k`` lowest-degree patches, keep those that correlate positively
+   with the seed (the seed included); a patch belongs to the object mask when the sum
+   of its affinities to that set is positive;
+5. box: the bounding box of the 4-connected component of the mask that holds the
+   seed, in patch units, then in the model's input pixels, then mapped back through the
+   resize and centre crop of :func:`vitreg_lib.models.preprocess` to the original image.
+
+CorLoc is the share of images whose box overlaps some ground-truth box with IoU ≥ 0.5.
+Boxes everywhere are ``x0, y0, x1, y1`` in continuous pixel coordinates (a box
+``0, 0, W, H`` covers a ``W x H`` image; the scenes' boxes already are). VOC's
+1-based inclusive corners become ``xmin - 1, ymin - 1, xmax, ymax``
+(:func:`vitreg_lib.data.voc_box`), as in the LOST code.
+
+Why the paper cares (F9): a high-norm outlier patch correlates with almost nothing, so
+it has a very low degree and LOST picks it as the seed: the box lands on background.
+Registers (trained or test-time) take the outliers off the patches.
+
+Parameters with the paper's defaults: ``k = 100`` (LOST, for ViT-S/16 on full-size
+VOC images), features = keys of the last block. Every result names both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .features import extract
+from .models import LoadedModel, crop_geometry
+
+#: LOST's default number of lowest-degree patches in the seed expansion
+DEFAULT_K = 100
+FEATURES = "keys of the last block (patch tokens)"
+
+
+@dataclass
+class LostResult:
+    """LOST on one image, in patch-grid coordinates."""
+
+    seed: int  # row-major patch index
+    grid: tuple[int, int]
+    degree: np.ndarray  # [rows, cols] number of positive links
+    mask: np.ndarray  # [rows, cols] bool: the seed's connected component
+    box_patches: tuple[int, int, int, int]  # col0, row0, col1, row1 (exclusive ends)
+
+    @property
+    def seed_rc(self) -> tuple[int, int]:
+        return divmod(self.seed, self.grid[1])
+
+
+def affinity(feats: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``A = F Fᵀ`` of ``[N, D]`` features (float64)."""
+    f = np.asarray(feats.detach().cpu().double() if isinstance(feats, torch.Tensor) else feats,
+                   dtype=np.float64)
+    return f @ f.T
+
+
+def degree(a: np.ndarray) -> np.ndarray:
+    """Positive links of each patch: ``#{j != i : A_ij > 0}``."""
+    pos = a > 0
+    np.fill_diagonal(pos, False)
+    return pos.sum(axis=1)
+
+
+def lost(feats: torch.Tensor | np.ndarray, grid: tuple[int, int], k: int = DEFAULT_K) -> LostResult:
+    """LOST on one image's ``[rows * cols, D]`` patch features (row-major)."""
+    from scipy import ndimage
+
+    rows, cols = grid
+    n = rows * cols
+    if feats.shape[0] != n:
+        raise ValueError(f"Got {feats.shape[0]} patch features for a {rows}x{cols} grid ({n} patches).")
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} is outside 1..{n}: LOST expands the seed with the k lowest-degree "
+                         f"patches of the image, and this image has {n}. Use k <= {n}.")
+    a = affinity(feats)
+    deg = degree(a)
+    order = np.argsort(deg, kind="stable")  # lowest degree first, ties by position
+    seed = int(order[0])
+    potentials = order[:k]
+    similar = potentials[a[seed, potentials] > 0]
+    if similar.size == 0:  # a zero seed feature: nothing correlates, not even itself
+        similar = np.array([seed])
+    mask = (a[similar].sum(axis=0) > 0).reshape(rows, cols)
+    mask[divmod(seed, cols)] = True
+    labels, _ = ndimage.label(mask)  # 4-connectivity
+    component = labels == labels[divmod(seed, cols)]
+    r, c = np.nonzero(component)
+    box = (int(c.min()), int(r.min()), int(c.max()) + 1, int(r.max()) + 1)
+    return LostResult(seed, (rows, cols), deg.reshape(rows, cols), component, box)
+
+
+@dataclass
+class Discovery:
+    """LOST on a set of images: per image its :class:`LostResult` and its box in the
+    original image's pixels."""
+
+    model_name: str
+    results: list[LostResult]
+    boxes: np.ndarray  # [n, 4] original-image pixels
+    k: int
+    patch_size: int
+    features: str = FEATURES
+
+    def describe(self) -> str:
+        return f"LOST (k = {self.k}, features: {self.features}) on {self.model_name}"
+
+    @property
+    def seeds(self) -> list[tuple[int, int]]:
+        return [r.seed_rc for r in self.results]
+
+
+def discover(lm: LoadedModel, images: Sequence[Image.Image], k: int = DEFAULT_K,
+             batch_size: int = 32, progress: bool | None = None) -> Discovery:
+    """Run LOST with ``lm`` on PIL ``images``, batched; boxes come back in each original
+    image's pixel coordinates. Works on any model the library loads, registers and
+    test-time registers included (their tokens are not patches, so they never enter)."""
+    images = list(images)
+    if not images:
+        raise ValueError("No images to run LOST on.")
+    n_patches = lm.layout().num_patches
+    if not 1 <= k <= n_patches:
+        raise ValueError(f"k={k} is outside 1..{n_patches}: {lm.name} sees {n_patches} patches at "
+                         f"{lm.img_size} px. Use k <= {n_patches} (LOST's default 100 assumes "
+                         "full-size images).")
+    f = extract(lm, images, layers=[-1], keys=True, batch_size=batch_size, progress=progress)
+    keys = f.layout.split(f.attention_keys(-1))["patches"]
+    results = [lost(keys[i], f.layout.grid, k) for i in range(len(images))]
+    p = lm.patch_size
+    boxes = np.stack([crop_geometry(*im.size, lm.img_size).to_original(np.array(r.box_patches) * p)
+                      for im, r in zip(images, results)])
+    return Discovery(lm.name, results, boxes, k, p)
+
+
+def iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box with each of ``boxes`` ``[m, 4]`` (continuous coordinates)."""
+    b = np.asarray(box, dtype=np.float64)
+    g = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(b[2], g[:, 2]) - np.maximum(b[0], g[:, 0]), 0, None)
+    h = np.clip(np.minimum(b[3], g[:, 3]) - np.maximum(b[1], g[:, 1]), 0, None)
+    inter = w * h
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    union = area(b) + area(g) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def hits(pred_boxes: np.ndarray, gt_boxes: Sequence[np.ndarray], threshold: float = 0.5) -> np.ndarray:
+    """Per image: does its box reach IoU ≥ ``threshold`` with some ground-truth box?"""
+    pred = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
+    if len(pred) != len(gt_boxes):
+        raise ValueError(f"{len(pred)} predicted boxes for {len(gt_boxes)} images.")
+    out = np.zeros(len(pred), bool)
+    for i, (p, g) in enumerate(zip(pred, gt_boxes)):
+        g = np.asarray(g, dtype=np.float64).reshape(-1, 4)
+        if len(g) == 0:
+            raise ValueError(f"Image {i} has no ground-truth box: CorLoc needs at least one per "
+                             "image. Leave such images out of the evaluation.")
+        out[i] = bool((iou(p, g) >= threshold).any())
+    return out
+
+
+def corloc(pred_boxes: np.ndarray, gt_boxes: Sequence[np.ndarray], threshold: float = 0.5) -> float:
+    """CorLoc (%): the share of images whose box has IoU ≥ ``threshold`` with some
+    ground-truth box of that image."""
+    return 100 * float(hits(pred_boxes, gt_boxes, threshold).mean())
