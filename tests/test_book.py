@@ -172,3 +172,21 @@ def test_chapter6_finds_the_planted_neuron_and_records_the_fix(built):
     assert ttr["paper"] == 84.5 and (ttr["value"] is None) == ("too few" in ttr["note"])
     html = (built / "_build" / "html" / "notebooks" / "06_test_time_registers.html").read_text()
     assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", html)) >= 6 and "Paper vs here" in html
+
+
+def test_chapter7_corloc_is_what_the_library_measures(built):
+    from vitreg_lib import discovery
+
+    rec = json.loads((built / "results" / "07_object_discovery.json").read_text())
+    s = settings("mini", smoke=True)
+    d = s.discovery
+    assert {f"corloc_{m}" for m in d.models} | {f"corloc_{d.test_time}_ttr"} <= set(rec)
+    scene = data.scene_kwargs(load_model(d.models[0]).info["data"])
+    ds = data.boxed_images(d.dataset, d.n_images, seed=30_000, **scene)
+    found = discovery.discover(load_model(d.pair[1]), ds.images, k=d.k)
+    entry = rec[f"corloc_{d.pair[1]}"]
+    assert entry["value"] == pytest.approx(discovery.corloc(found.boxes, ds.boxes))
+    assert f"k = {d.k}" in entry["note"] and "scenes" in entry["note"]
+    assert entry["comparable"].startswith("no")
+    html = (built / "_build" / "html" / "notebooks" / "07_object_discovery.html").read_text()
+    assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", html)) >= 3 and "Paper vs here" in html

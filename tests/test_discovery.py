@@ -170,3 +170,35 @@ def test_scenes_come_with_their_boxes():
         assert b.shape[1] == 4 and len(b) >= 1
         for x0, y0, x1, y1 in b.astype(int):
             assert mask[y0:y1, x0:x1].any()
+
+
+def test_summary_interval_placement_and_comparison():
+    import pandas as pd
+
+    from vitreg_lib.models import crop_geometry as geometry
+
+    # two images of 4x4 patches of 4 px; seeds at patch (0, 0) and (3, 3)
+    results = [discovery.LostResult(0, (4, 4), np.zeros((4, 4)), np.zeros((4, 4), bool), (0, 0, 1, 1)),
+               discovery.LostResult(15, (4, 4), np.zeros((4, 4)), np.zeros((4, 4), bool), (3, 3, 4, 4))]
+    res = discovery.Discovery("m", results, np.array([[0.0, 0, 4, 4], [12, 12, 16, 16]]), 3, 4,
+                              [geometry(16, 16, 16)] * 2)
+    gt = [np.array([[0.0, 0, 4, 4]]), np.array([[0.0, 0, 8, 8]])]  # a hit, then a miss
+    value, low, high = discovery.corloc_interval(res.boxes, gt)
+    assert value == 50.0 and 0 <= low <= 50 <= high <= 100
+    norms = np.arange(32, dtype=float).reshape(2, 4, 4)  # the seed of image 1 is its top patch
+    flags = norms >= 31
+    place = discovery.seed_placement(res, norms, flags, gt)
+    assert place["seed on outlier (%)"] == 50.0
+    assert place["seed off every object box (%)"] == 50.0  # seed 2 at (14, 14) is outside [0, 8)
+    assert place["seed norm percentile (mean)"] == pytest.approx((0 + 100 * 15 / 16) / 2)
+    table = discovery.summary({"a": res, "b": res}, gt, {"a": place})
+    assert list(table["model"]) == ["a", "b"] and table.loc[0, "CorLoc (%)"] == 50.0
+    assert pd.isna(table.loc[1, "seed on outlier (%)"])
+    assert "intervals overlap" in discovery.compare(table, "a", "b")
+    far = table.copy()
+    far.loc[0, ["low", "high"]] = [40.0, 60.0]
+    far.loc[1, ["CorLoc (%)", "low", "high"]] = [95.0, 90.0, 99.0]
+    sentence = discovery.compare(far, "a", "b")
+    assert "rises beyond the 95 % intervals" in sentence and "nan" not in sentence
+    with pytest.raises(ValueError, match="norm maps and flags for the 2 images"):
+        discovery.seed_placement(res, norms[:1], flags[:1], gt)

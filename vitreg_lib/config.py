@@ -38,6 +38,19 @@ class TestTimeSearch:
 
 
 @dataclass(frozen=True)
+class DiscoverySettings:
+    """Chapter 7: LOST object discovery."""
+
+    dataset: str  # "scenes" (offline, with boxes) or "VOC07"
+    n_images: int
+    k: int
+    k_source: str  # where k comes from
+    models: tuple[str, ...]  # run LOST on each
+    pair: tuple[str, str]  # the model without registers and its counterpart with them
+    test_time: str  # the model that also runs with test-time registers (chapter 6's search)
+
+
+@dataclass(frozen=True)
 class Settings:
     tier: str
     smoke: bool
@@ -55,6 +68,7 @@ class Settings:
     probe_models: tuple[str, ...] = ()  # without, then with registers
     family: tuple[str, ...] = ()  # chapter 5: the same model with 0, 1, ... registers
     search: TestTimeSearch | None = None  # chapter 6
+    discovery: DiscoverySettings | None = None  # chapter 7
 
     @property
     def models(self) -> list[str]:
@@ -85,6 +99,11 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto") -> S
         search = TestTimeSearch("mini_reg0", "mini_reg4", max_layer=3, top_k=5,
                                 n_images=32 if smoke else 256,
                                 source="course's choice: first 4 of 6 blocks (no outliers to place it by)")
+        discovery = DiscoverySettings(
+            "scenes", 32 if smoke else 256, k=9,
+            k_source="course's choice: 14 % of the 64 patches, the share LOST's k = 100 is of a "
+                     "full-size VOC07 image at ViT-S/16 (about 700 patches)",
+            models=family, pair=("mini_reg0", "mini_reg4"), test_time="mini_reg0")
     else:
         pairs = (("dinov2_s", "dinov2_s_reg"),) if smoke else (
             ("dinov2_s", "dinov2_s_reg"), ("dinov2_b", "dinov2_b_reg"), ("dinov2_l", "dinov2_l_reg"))
@@ -98,8 +117,15 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto") -> S
                   if smoke else
                   TestTimeSearch("dinov2_l", "dinov2_l_reg", max_layer=17, top_k=45, n_images=300,
                                  source="Jiang et al. for DINOv2-L/14: layers <= 17, k ~ 45"))
+        discovery = DiscoverySettings(
+            "VOC07", 8 if smoke else 5011, k=100,
+            k_source="LOST's default (for full-size images; here 224-px crops, 256 patches)",
+            models=("dinov2_s", "dinov2_s_reg") if smoke else
+            ("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
+            pair=("dinov2_s", "dinov2_s_reg") if smoke else ("dinov2_l", "dinov2_l_reg"),
+            test_time=search.model)
     return Settings(tier, smoke, device, pairs, n_photos, n_scenes, batch,
                     hist_layers=4 if smoke else 6, sizes=sizes,
                     retrain=device.startswith("cuda") and not smoke,
                     probe_dataset=probe_dataset, n_probe=n_probe, probe_models=probe_models,
-                    family=family, search=search)
+                    family=family, search=search, discovery=discovery)

@@ -241,6 +241,17 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
     return Scenes(images, masks, boxes, shapes, seed)
 
 
+#: the arguments of :func:`make_scenes` that describe a distribution of scenes
+SCENE_OPTIONS = ("size", "max_objects", "min_object", "max_object", "noise", "separate", "border",
+                 "texture", "trigger")
+
+
+def scene_kwargs(options: dict) -> dict:
+    """The :func:`make_scenes` options found in ``options`` (e.g. the ``data`` entry of a
+    mini model's config: draw scenes like the ones it was trained on)."""
+    return {k: options[k] for k in SCENE_OPTIONS if k in options}
+
+
 @dataclass
 class ImageSet:
     """The images a chapter analyses: photos first, then scenes (if any)."""

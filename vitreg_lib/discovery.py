@@ -33,7 +33,7 @@ VOC images), features = keys of the last block. Every result names both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from PIL import Image
 
 from .features import extract
 from .models import LoadedModel, crop_geometry
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: LOST's default number of lowest-degree patches in the seed expansion
 DEFAULT_K = 100
@@ -114,6 +117,7 @@ class Discovery:
     boxes: np.ndarray  # [n, 4] original-image pixels
     k: int
     patch_size: int
+    geometries: list  # per image, the models.CropGeometry that maps its boxes back
     features: str = FEATURES
 
     def describe(self) -> str:
@@ -122,6 +126,12 @@ class Discovery:
     @property
     def seeds(self) -> list[tuple[int, int]]:
         return [r.seed_rc for r in self.results]
+
+    def subset(self, indices: Sequence[int]) -> Discovery:
+        """The same run restricted to the images ``indices`` (e.g. the ones a figure shows)."""
+        idx = list(indices)
+        return Discovery(self.model_name, [self.results[i] for i in idx], self.boxes[idx], self.k,
+                         self.patch_size, [self.geometries[i] for i in idx], self.features)
 
 
 def discover(lm: LoadedModel, images: Sequence[Image.Image], k: int = DEFAULT_K,
@@ -141,9 +151,9 @@ def discover(lm: LoadedModel, images: Sequence[Image.Image], k: int = DEFAULT_K,
     keys = f.layout.split(f.attention_keys(-1))["patches"]
     results = [lost(keys[i], f.layout.grid, k) for i in range(len(images))]
     p = lm.patch_size
-    boxes = np.stack([crop_geometry(*im.size, lm.img_size).to_original(np.array(r.box_patches) * p)
-                      for im, r in zip(images, results)])
-    return Discovery(lm.name, results, boxes, k, p)
+    geometries = [crop_geometry(*im.size, lm.img_size) for im in images]
+    boxes = np.stack([g.to_original(np.array(r.box_patches) * p) for g, r in zip(geometries, results)])
+    return Discovery(lm.name, results, boxes, k, p, geometries)
 
 
 def iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
@@ -177,3 +187,80 @@ def corloc(pred_boxes: np.ndarray, gt_boxes: Sequence[np.ndarray], threshold: fl
     """CorLoc (%): the share of images whose box has IoU ≥ ``threshold`` with some
     ground-truth box of that image."""
     return 100 * float(hits(pred_boxes, gt_boxes, threshold).mean())
+
+
+def corloc_interval(pred_boxes: np.ndarray, gt_boxes: Sequence[np.ndarray], threshold: float = 0.5,
+                    reps: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """CorLoc (%) with a 95 % interval from resampling the images."""
+    h = hits(pred_boxes, gt_boxes, threshold).astype(float)
+    rng = np.random.default_rng(seed)
+    boots = h[rng.integers(0, len(h), (reps, len(h)))].mean(axis=1)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return 100 * float(h.mean()), 100 * float(low), 100 * float(high)
+
+
+def seed_placement(result: Discovery, norm_maps: np.ndarray, outlier_mask: np.ndarray,
+                   gt_boxes: Sequence[np.ndarray]) -> dict:
+    """Where the seeds land. ``norm_maps`` / ``outlier_mask``: ``[n, rows, cols]`` patch
+    norms and a rule's flags at the last block (the same images, the same order).
+
+    Returns the share of seeds on a flagged (outlier) patch, the share of seeds whose
+    patch centre lies outside every ground-truth box (on background, in the original
+    image), and the mean percentile of the seed's norm among its image's patches
+    (100 = the highest-norm patch; a seed on outliers sits near 100)."""
+    n = len(result.results)
+    if norm_maps.shape[0] != n or outlier_mask.shape != norm_maps.shape:
+        raise ValueError(f"Need norm maps and flags for the {n} images LOST ran on, got "
+                         f"{norm_maps.shape} and {outlier_mask.shape}.")
+    flagged, outside, pct = [], [], []
+    for i, r in enumerate(result.results):
+        row, col = r.seed_rc
+        flagged.append(bool(outlier_mask[i, row, col]))
+        norms = norm_maps[i].ravel()
+        pct.append(100 * float((norms < norm_maps[i, row, col]).mean()))
+        x = (col + 0.5) * result.patch_size
+        y = (row + 0.5) * result.patch_size
+        g = np.asarray(gt_boxes[i], dtype=np.float64).reshape(-1, 4)
+        centre = result.geometries[i].to_original(np.array([x, y, x, y]))[:2]
+        inside = ((g[:, 0] <= centre[0]) & (centre[0] < g[:, 2]) &
+                  (g[:, 1] <= centre[1]) & (centre[1] < g[:, 3])).any()
+        outside.append(not inside)
+    return {"seed on outlier (%)": 100 * float(np.mean(flagged)),
+            "seed off every object box (%)": 100 * float(np.mean(outside)),
+            "seed norm percentile (mean)": float(np.mean(pct))}
+
+
+def summary(results: dict[str, Discovery], gt_boxes: Sequence[np.ndarray],
+            placements: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per model: CorLoc (%) with its 95 % interval, ``k``, and the seed
+    placement of :func:`seed_placement` where given."""
+    import pandas as pd
+
+    rows = []
+    for name, res in results.items():
+        value, low, high = corloc_interval(res.boxes, gt_boxes)
+        rows.append({"model": name, "CorLoc (%)": value, "low": low, "high": high, "k": res.k,
+                     "images": len(res.results), **(placements or {}).get(name, {})})
+    return pd.DataFrame(rows)
+
+
+def compare(table: pd.DataFrame, without: str, with_: str) -> str:
+    """One sentence comparing two rows of :func:`summary` (e.g. a model without and with
+    registers): both CorLocs with their intervals, whether the intervals overlap, and
+    how many seeds of each sat on outlier patches."""
+    import pandas as pd
+
+    a = table.set_index("model").loc[without]
+    b = table.set_index("model").loc[with_]
+    overlap = not (a["high"] < b["low"] or b["high"] < a["low"])
+    change = ("the 95 % intervals overlap: no clear difference on these images" if overlap else
+              f"CorLoc {'rises' if b['CorLoc (%)'] > a['CorLoc (%)'] else 'falls'} beyond the "
+              "95 % intervals")
+    out = (f"{without}: CorLoc {a['CorLoc (%)']:.1f} % [{a['low']:.1f}, {a['high']:.1f}]; "
+           f"{with_}: {b['CorLoc (%)']:.1f} % [{b['low']:.1f}, {b['high']:.1f}]; {change}.")
+    key = "seed on outlier (%)"
+    parts = [f"{r[key]:.1f} % of {name}'s" for name, r in ((without, a), (with_, b))
+             if key in table and not pd.isna(r[key])]
+    if parts:
+        out += f" Seeds on outlier patches: {', '.join(parts)}."
+    return out

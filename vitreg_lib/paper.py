@@ -50,8 +50,10 @@ PAPER: dict[str, dict] = {
         "search": {"DINOv2 ViT-L/14": "layers <= 17, k ~ 45", "OpenCLIP ViT-B/16": "layers <= 5, k = 10"},
         "source": "arXiv 2506.08010",
     },
-    "F9": {
+    "F9": {  # CorLoc (%), without -> with registers
         "DINOv2": {"VOC07": (35.3, 55.4), "VOC12": (40.2, 60.0), "COCO20k": (26.9, 42.0)},
+        "DeiT-III": {"VOC07": (11.7, 27.1), "VOC12": (13.1, 32.7), "COCO20k": (10.7, 25.1)},
+        "OpenCLIP": {"VOC07": (38.8, 37.1), "VOC12": (44.3, 42.0), "COCO20k": (31.0, 27.9)},
         "source": "Table 3",
     },
 }
@@ -87,3 +89,11 @@ def t1_reference() -> dict[tuple[str, str, str], float]:
     return {("global", "accuracy (%)", "cls"): ref["cls"],
             ("global", "accuracy (%)", "outlier patch"): ref["outlier patch"],
             ("global", "accuracy (%)", "test-time register 0"): ref["test-time register"]}
+
+
+def corloc_reference(family: str, registers: bool) -> float | None:
+    """F9: the paper's LOST CorLoc on VOC07 (%) for a model family (``"DINOv2"``,
+    ``"DeiT-III"``, ``"OpenCLIP"``) without or with registers; ``None`` for a family the
+    paper did not run."""
+    pair = PAPER["F9"].get(family, {}).get("VOC07")
+    return None if pair is None else pair[int(bool(registers))]

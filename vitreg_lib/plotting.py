@@ -261,3 +261,82 @@ def neuron_scores(scores: np.ndarray, neurons: Sequence[tuple[int, int]], captio
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _box(ax, box, colour, style="-", width=1.6) -> None:
+    x0, y0, x1, y1 = box
+    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
+                               linestyle=style, linewidth=width))
+
+
+def discovery_grid(images: Sequence[Image.Image], results: Mapping[str, object],
+                   gt_boxes: Sequence[np.ndarray], caption: str,
+                   norm_maps: Mapping[str, np.ndarray] | None = None) -> plt.Figure:
+    """LOST's boxes: one row per image, one column per model (``results``: name ->
+    :class:`vitreg_lib.discovery.Discovery`). Each panel shows the original image with
+    the ground-truth boxes (white, dashed), LOST's box (red) and its seed patch (red
+    cross). With ``norm_maps`` (name -> ``[n, rows, cols]``) the panels show the
+    model's patch-norm map instead, with the same box and seed in patch units."""
+    names = list(results)
+    n = len(images)
+    fig, axes = plt.subplots(n, len(names), figsize=(2.5 * len(names) + 0.6, 2.4 * n + 0.6),
+                             squeeze=False, layout="constrained")
+    for j, name in enumerate(names):
+        res = results[name]
+        for i, im in enumerate(images):
+            ax = axes[i, j]
+            r = res.results[i]
+            row, col = r.seed_rc
+            if norm_maps is None:
+                w, h = im.size  # pixel i covers [i, i + 1): the boxes' continuous coordinates
+                ax.imshow(np.asarray(im.convert("RGB")), extent=(0, w, h, 0))
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for g in np.asarray(gt_boxes[i]).reshape(-1, 4):
+                    _box(ax, g, "white", "--", 1.2)
+                _box(ax, res.boxes[i], "red")
+                p = res.patch_size
+                centre = res.geometries[i].to_original(np.array([(col + .5) * p, (row + .5) * p] * 2))
+                ax.plot(centre[0], centre[1], "x", color="red", ms=8, mew=2)
+                ax.set_xlim(0, w)
+                ax.set_ylim(h, 0)
+            else:
+                m = norm_maps[name][i]
+                h = ax.imshow(m, cmap="viridis")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                c0, r0, c1, r1 = r.box_patches
+                _box(ax, (c0 - .5, r0 - .5, c1 - .5, r1 - .5), "red")
+                ax.plot(col, row, "x", color="red", ms=8, mew=2)
+                ax.set_xlim(-0.5, m.shape[1] - 0.5)
+                ax.set_ylim(m.shape[0] - 0.5, -0.5)
+                if i == n - 1:
+                    fig.colorbar(h, ax=axes[:, j].tolist(), shrink=0.5, label="patch norm")
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(caption, fontsize=9)
+    return fig
+
+
+def corloc_bars(table: pd.DataFrame, caption: str, paper: Mapping[str, float] | None = None) -> plt.Figure:
+    """CorLoc per model with its 95 % interval (from :func:`vitreg_lib.discovery.summary`);
+    ``paper``: model -> the paper's CorLoc, drawn as a black tick where given."""
+    fig, ax = plt.subplots(figsize=(1.1 * len(table) + 2.2, 3.3))
+    x = np.arange(len(table))
+    v = table["CorLoc (%)"].to_numpy()
+    ax.bar(x, v, color=[f"C{i}" for i in range(len(table))],
+           yerr=[v - table["low"].to_numpy(), table["high"].to_numpy() - v], capsize=3)
+    if paper:
+        for i, name in enumerate(table["model"]):
+            if name in paper:
+                ax.plot([i - 0.35, i + 0.35], [paper[name]] * 2, color="black", lw=2,
+                        label="paper" if i == min(j for j, n in enumerate(table["model"]) if n in paper)
+                        else None)
+        ax.legend(fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(table["model"], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("CorLoc (%)")
+    ax.set_ylim(0, max(100.0, float(table["high"].max())))
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return fig

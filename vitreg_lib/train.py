@@ -71,7 +71,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import make_scenes
+from .data import make_scenes, scene_kwargs
 from .features import extract
 from .models import LoadedModel, ModelSpec, build_vit
 from .outliers import HistogramGap, MeanStd, detect, token_norms
@@ -315,9 +315,7 @@ def task_accuracy(lm: LoadedModel, n: int = 500, seed: int = 20_000) -> float:
     if not data or data.get("dataset") != "scenes":
         raise ValueError(f"{lm.name} has no scenes training config: task accuracy is measured "
                          "for mini models only.")
-    keys = ("size", "max_objects", "min_object", "max_object", "separate", "border", "texture",
-            "trigger", "noise")
-    scenes = make_scenes(n, seed=seed, **{k: data[k] for k in keys if k in data})
+    scenes = make_scenes(n, seed=seed, **scene_kwargs(data))
     x, y = _to_tensor(scenes.images), torch.from_numpy(scenes.label(data["task"]))
     return 100 * accuracy(lm.model, x, y)
 
