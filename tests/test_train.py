@@ -171,3 +171,26 @@ def test_v2_log_has_both_sites_and_background_shares(tmp_path):
     assert 0 < row["background_share"] < 1 and 0 < row["sink_attention"] <= 1
     assert log[-1]["images"] == PRESETS["tiny_v2"].steps * PRESETS["tiny_v2"].batch
     assert 0 <= log[-1]["patch_acc"] <= 1 and log[-1]["recon_mse"] > 0
+
+
+def test_dense_objects_labels_object_patches_only():
+    from vitreg_lib.train import TrainConfig, _loss
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(depth=1, dim=16, heads=2, img_size=8, cls_token=False, objective="dense_objects",
+                      recon_weight=0.0)
+    model = build_vit(cfg.arch(num_classes=3))
+    recon = torch.nn.Linear(16, 48)
+    xb, yb = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+    fg = torch.tensor([[False, True, False, False], [False, False, False, False]])
+    tokens = model.forward_features(xb)
+    expect = torch.nn.functional.cross_entropy(model.head(tokens[0, 1:2]), yb[:1])
+    torch.testing.assert_close(_loss(model, recon, xb, yb, cfg, fg), expect)
+    with pytest.raises(ValueError, match="object-patch mask"):
+        _loss(model, recon, xb, yb, cfg)
+
+
+def test_dense_objects_run_trains_and_logs(tmp_path):
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "a"), "--objective", "dense_objects"])
+    log = json.loads((tmp_path / "a" / "log.json").read_text())
+    assert 0 <= log[-1]["patch_acc"] <= 1 and log[-1]["recon_mse"] > 0

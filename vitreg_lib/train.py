@@ -41,7 +41,11 @@ are :func:`vitreg_lib.data.make_scenes`'s.
 * ``dense_recon`` — every patch reconstructs its own pixels (a linear head, saved in
   ``heads.safetensors``), mean squared error in normalised pixel units;
 * ``dense_both`` — the two dense losses added, the reconstruction weighted by
-  ``recon_weight``.
+  ``recon_weight``;
+* ``dense_objects`` — as ``dense_both``, but only the patches that hold object pixels
+  predict the image label; background patches only reconstruct themselves, so the
+  heads that gather the label must do nothing for nine patches in ten (the no-op
+  setting of Kempner's toy, Fesser et al. 2026). Its ``patch_acc`` counts object patches.
 
 **The log** (:func:`norm_stats`) measures the residual stream *before any LayerNorm*,
 at two places in each block: after the attention (keys ``attn_*``) and after the MLP
@@ -77,7 +81,7 @@ from .models import LoadedModel, ModelSpec, build_vit
 from .outliers import HistogramGap, MeanStd, detect, token_norms
 
 MEAN = STD = (0.5, 0.5, 0.5)
-OBJECTIVES = ("label", "dense_label", "dense_recon", "dense_both")
+OBJECTIVES = ("label", "dense_label", "dense_recon", "dense_both", "dense_objects")
 SCHEDULES = ("cosine", "constant")
 #: fields a resumed run may change (``steps`` only under a constant schedule)
 RESUMABLE_CHANGES = ("steps", "threads", "device", "checkpoint_every")
@@ -290,19 +294,23 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 @torch.no_grad()
 def dense_metrics(model: torch.nn.Module, recon: torch.nn.Module | None, x: torch.Tensor,
-                  y: torch.Tensor, patch: int) -> dict:
+                  y: torch.Tensor, patch: int, labelled: torch.Tensor | None = None) -> dict:
     """Validation metrics of a dense objective: the share of patches that predict the
-    image label, and the pixel reconstruction error (normalised units)."""
+    image label (of the ``labelled`` ``[B, N]`` patches only, when given), and the pixel
+    reconstruction error (normalised units, every patch)."""
     model.eval()
     device = next(model.parameters()).device
     correct = err = 0.0
-    for xb, yb in zip(torch.split(x, 128), torch.split(y, 128)):
+    n_patches = (x.shape[-1] // patch) ** 2
+    labelled = torch.ones(x.shape[0], n_patches, dtype=torch.bool) if labelled is None else labelled
+    for xb, yb, lb in zip(torch.split(x, 128), torch.split(y, 128), torch.split(labelled, 128)):
         tokens = model.forward_features(xb.to(device))[:, model.num_prefix_tokens:]
-        correct += float((model.head(tokens).argmax(-1).cpu() == yb[:, None]).float().sum())
+        right = model.head(tokens).argmax(-1).cpu() == yb[:, None]
+        correct += float(right[lb].float().sum())
         if recon is not None:
             err += float(((recon(tokens) - patchify(xb.to(device), patch)) ** 2).mean(-1).sum())
-    n = x.shape[0] * (x.shape[-1] // patch) ** 2
-    out = {"patch_acc": correct / n}
+    n = x.shape[0] * n_patches
+    out = {"patch_acc": correct / max(1, int(labelled.sum()))}
     if recon is not None:
         out["recon_mse"] = err / n
     return out
@@ -368,8 +376,10 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
     else:
         train_set = make_scenes(cfg.n_train, seed=cfg.seed, **scene)
         x_train, y_train = _to_tensor(train_set.images), torch.from_numpy(train_set.label(cfg.task))
+        fg_train = torch.from_numpy(train_set.patch_foreground(cfg.patch) > 0)
     val_set = make_scenes(cfg.n_val, seed=10_000 + cfg.seed, **scene)
     x_val, y_val = _to_tensor(val_set.images), torch.from_numpy(val_set.label(cfg.task))
+    fg_val = torch.from_numpy(val_set.patch_foreground(cfg.patch) > 0).flatten(1)
     probe = x_val[: cfg.probe_images]
     probe_bg = val_set.patch_foreground(cfg.patch)[: cfg.probe_images].reshape(len(probe), -1) == 0
     num_classes = 2 * cfg.max_objects if cfg.task == "count_trigger" else (
@@ -381,7 +391,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
     arch = cfg.arch(num_classes)
     model = build_vit(arch).to(cfg.device)
     recon = None
-    if cfg.objective in ("dense_recon", "dense_both"):
+    if cfg.objective in ("dense_recon", "dense_both", "dense_objects"):
         recon = torch.nn.Linear(cfg.dim, cfg.patch * cfg.patch * 3).to(cfg.device)
     params = list(model.parameters()) + (list(recon.parameters()) if recon is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -428,7 +438,8 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
                          lr=_lr(min(step, cfg.steps - 1), cfg),
                          val_acc=accuracy(model, x_val, y_val))
             if cfg.dense:
-                entry.update(dense_metrics(model, recon, x_val, y_val, cfg.patch))
+                entry.update(dense_metrics(model, recon, x_val, y_val, cfg.patch,
+                                           fg_val if cfg.objective == "dense_objects" else None))
             entry["layers"] = norm_stats(model, probe, "training", probe_bg)
             entry["wall_s"] = round(wall_before + now - t0, 1)
             entry["images_per_s"] = (round((step - tick_step) * cfg.batch / (now - tick), 1)
@@ -453,18 +464,20 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
             sseed = _step_seed(cfg.seed, step)
             batch = make_scenes(cfg.batch, seed=sseed, **scene)
             xb, yb = _to_tensor(batch.images), torch.from_numpy(batch.label(cfg.task))
+            fg = torch.from_numpy(batch.patch_foreground(cfg.patch) > 0)
             flip = torch.rand(cfg.batch, generator=torch.Generator().manual_seed(sseed % 2**63)) < 0.5
         else:
             idx = torch.randint(0, len(x_train), (cfg.batch,), generator=gen)
-            xb, yb = x_train[idx], y_train[idx]
+            xb, yb, fg = x_train[idx], y_train[idx], fg_train[idx]
             flip = torch.rand(cfg.batch, generator=gen) < 0.5
-        xb, yb = xb.to(cfg.device), yb.to(cfg.device)
+        xb, yb, fg = xb.to(cfg.device), yb.to(cfg.device), fg.to(cfg.device)
         if cfg.flip:
             flip = flip.to(cfg.device)
             xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            fg = torch.where(flip[:, None, None], fg.flip(-1), fg)
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
-        loss = _loss(model, recon, xb, yb, cfg)
+        loss = _loss(model, recon, xb, yb, cfg, fg.flatten(1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -495,19 +508,25 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
 
 
 def _loss(model: torch.nn.Module, recon: torch.nn.Module | None, xb: torch.Tensor,
-          yb: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """The training loss of ``cfg.objective`` on one batch."""
+          yb: torch.Tensor, cfg: TrainConfig, fg: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss of ``cfg.objective`` on one batch (``fg``: ``[B, N]`` bool, the
+    patches holding object pixels; ``dense_objects`` needs it)."""
     if not cfg.dense:
         return torch.nn.functional.cross_entropy(model(xb), yb)
     tokens = model.forward_features(xb)[:, model.num_prefix_tokens:]  # normed patch tokens
     loss = 0.0
-    if cfg.objective in ("dense_label", "dense_both"):
+    if cfg.objective in ("dense_label", "dense_both", "dense_objects"):
         logits = model.head(tokens)  # [B, N, classes]
         target = yb[:, None].expand(-1, tokens.shape[1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+        if cfg.objective == "dense_objects":
+            if fg is None:
+                raise ValueError("dense_objects needs the object-patch mask fg.")
+            loss = torch.nn.functional.cross_entropy(logits[fg], target[fg])
+        else:
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
     if recon is not None:
         mse = torch.nn.functional.mse_loss(recon(tokens), patchify(xb, cfg.patch))
-        loss = loss + (cfg.recon_weight * mse if cfg.objective == "dense_both" else mse)
+        loss = loss + (cfg.recon_weight * mse if cfg.objective != "dense_recon" else mse)
     return loss
 
 
