@@ -4,6 +4,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -186,3 +187,53 @@ def test_unknown_attention_variant():
     with pytest.raises(ValueError, match="Unknown attention"):
         build_vit(dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2,
                        attention="linear"))
+
+
+def test_high_depth_images_are_scaled_not_clipped():
+    mean, std = (0.0,) * 3, (1.0,) * 3
+    ramp = np.tile(np.linspace(0, 4000, 16), (16, 1)).astype(np.uint16)  # 12-bit data, 16-bit file
+    im16 = Image.fromarray(ramp)
+    assert im16.mode == "I;16"
+    with pytest.warns(UserWarning, match=r"mode 'I;16' \(more than 8 bits\); scaled linearly from its "
+                                         r"value range \[0, 4000\] to 0-255"):
+        x = preprocess(im16, 16, mean, std, 4)
+    row = x[0, 0, 8].numpy()
+    assert row[0] == 0 and row[-1] == 1.0 and np.all(np.diff(row) > 0)  # a ramp, not all white
+    floats = Image.fromarray(np.linspace(-1, 3, 256, dtype=np.float32).reshape(16, 16))
+    with pytest.warns(UserWarning, match=r"mode 'F'.*\[-1, 3\]"):
+        y = preprocess(floats, 16, mean, std, 4)
+    assert float(y.min()) == 0 and float(y.max()) == 1
+    # PIL's own conversion is what the scaling avoids: it saturates the 12-bit ramp
+    assert (np.asarray(im16.convert("RGB"))[..., 0] == 255).mean() > 0.9
+
+
+def test_exif_orientation_is_applied_and_said(tmp_path):
+    from vitreg_lib.data import load_images
+
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = 255  # white on the left of the stored pixels
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored turned: show it rotated 90 degrees clockwise
+    im.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    with pytest.warns(UserWarning, match=r"phone.jpg: turned upright as its EXIF orientation \(6\)"):
+        loaded = load_images(tmp_path / "phone.jpg")["phone.jpg"]
+    assert loaded.size == (20, 40)  # upright: taller than wide, white now on top
+    up = np.asarray(loaded)
+    assert up[:20].mean() > 200 and up[20:].mean() < 50
+    with Image.open(tmp_path / "phone.jpg") as raw:  # opened by hand: preprocess turns it too
+        with pytest.warns(UserWarning, match="EXIF orientation"):
+            x = preprocess(raw, 16, (0,) * 3, (1,) * 3, 4)
+    assert x.shape == (1, 3, 16, 16)
+
+
+def test_thin_and_tiny_images_get_a_warning_naming_the_resize_and_crop():
+    mean, std = (0.5,) * 3, (0.5,) * 3
+    with pytest.warns(UserWarning, match=r"is 300x40 px, far from square: resized to 240x32 and "
+                                         r"centre-cropped to 32x32, which keeps 13 % of its width"):
+        preprocess(Image.new("RGB", (300, 40)), 32, mean, std, 4)
+    with pytest.warns(UserWarning, match=r"is 10x12 px, far smaller than the 32x32 input: upsampled 3.2x"):
+        preprocess(Image.new("RGB", (10, 12)), 32, mean, std, 4)
+    with warnings.catch_warnings():  # a 3:2 photo is neither
+        warnings.simplefilter("error")
+        preprocess(Image.new("RGB", (48, 32)), 32, mean, std, 4)

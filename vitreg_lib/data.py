@@ -11,6 +11,7 @@ procedural *scenes* dataset the mini tier trains on. Knows no model.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -43,12 +44,51 @@ def sample_images(names: Iterable[str] = SAMPLE_PHOTOS) -> dict[str, Image.Image
     return out
 
 
+#: PIL modes holding more than 8 bits per pixel (16-bit and 32-bit integers, floats)
+HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(im: Image.Image) -> tuple[Image.Image, str | None]:
+    """Apply the image's EXIF orientation (a phone photo stores its pixels sideways and a
+    tag saying how to turn them). Returns the image and what was done, or ``None``."""
+    orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation in (1, None):
+        return im, None
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im), f"turned upright as its EXIF orientation ({orientation}) says"
+
+
+def to_rgb8(im: Image.Image) -> tuple[Image.Image, list[str]]:
+    """The image upright, as 8-bit RGB, and a list of what was done to it.
+
+    16-bit, 32-bit and float greyscale images are scaled linearly from their own value
+    range to 0-255 (PIL's own conversion clips them, which turns a 16-bit image almost
+    all white); other modes (grey, palette, RGBA, CMYK) go through PIL's RGB conversion.
+    """
+    im, note = upright(im)
+    notes = [note] if note else []
+    if im.mode in HIGH_DEPTH_MODES:
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        notes.append(f"has mode {im.mode!r} (more than 8 bits); scaled linearly from its value range "
+                     f"[{lo:g}, {hi:g}] to 0-255, then converted to RGB")
+        im = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L").convert("RGB")
+    elif im.mode != "RGB":
+        notes.append(f"has mode {im.mode!r}; converted to RGB")
+        im = im.convert("RGB")
+    return im, notes
+
+
 def load_images(source: str | Path | Iterable[str | Path]) -> dict[str, Image.Image]:
     """Load image files (or every image in a folder), keyed by file name.
 
     Files are fully decoded here, so a truncated or non-image file fails now, with its
-    name, rather than deep inside a forward pass. Modes are kept as they are (the
-    model's preprocessing converts to RGB and says so).
+    name, rather than deep inside a forward pass. A file whose EXIF orientation says
+    its pixels are stored turned is turned upright here, with a warning. Modes are kept
+    as they are (the model's preprocessing converts to RGB and says so).
     """
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         paths = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -65,10 +105,13 @@ def load_images(source: str | Path | Iterable[str | Path]) -> dict[str, Image.Im
         try:
             with Image.open(p) as im:
                 im.load()
-                out[p.name] = im.copy()
+                image, note = upright(im)
+                out[p.name] = image.copy()
         except Exception as err:  # PIL raises several types for bad files
             raise ImageReadError(f"Cannot read {p} as an image ({type(err).__name__}: {err}). "
                                  "Check that it is a valid JPEG/PNG file, or remove it.") from err
+        if note:
+            warnings.warn(f"{p.name}: {note}.", stacklevel=2)
     return out
 
 

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data import to_rgb8
+
 ASSETS = Path(__file__).resolve().parent / "assets" / "mini"
 
 
@@ -264,8 +266,12 @@ def preprocess(images: Sequence[Image.Image] | Image.Image, size: int,
                mean: Sequence[float], std: Sequence[float], patch_size: int) -> torch.Tensor:
     """Resize the shorter side to ``size``, centre-crop to ``size x size``, normalise.
 
-    * A mode other than RGB (grey, RGBA, palette, CMYK) is converted to RGB, with a
-      warning that says so.
+    * An image stored turned (EXIF orientation) is turned upright; a mode other than RGB
+      is converted to RGB, 16-bit and float images scaled from their own value range
+      (:func:`vitreg_lib.data.to_rgb8`); each with a warning that says what was done.
+    * An image far from square (the crop keeps less than half of its long side) or
+      far smaller than ``size`` (upsampled more than 2x) gets a warning that names the
+      resize and crop applied.
     * ``size`` must be a multiple of ``patch_size`` (so no patch is cut).
     * An image smaller than one patch is refused: it holds no patch token.
     """
@@ -282,10 +288,20 @@ def preprocess(images: Sequence[Image.Image] | Image.Image, size: int,
         if min(im.size) < patch_size:
             raise ValueError(f"Image {i} is {im.size[0]}x{im.size[1]} px, smaller than one "
                              f"{patch_size}-px patch: it has no patch token. Use a larger image.")
-        if im.mode != "RGB":
-            warnings.warn(f"Image {i} has mode {im.mode!r}; converted to RGB.", stacklevel=2)
-            im = im.convert("RGB")
+        im, notes = to_rgb8(im)
         g = crop_geometry(*im.size, size)
+        w, h = im.size
+        kept = size / max(g.resized_w, g.resized_h)
+        if kept < 0.5:
+            side = "width" if g.resized_w > g.resized_h else "height"
+            notes.append(f"is {w}x{h} px, far from square: resized to {g.resized_w}x{g.resized_h} and "
+                         f"centre-cropped to {size}x{size}, which keeps {100 * kept:.0f} % of its {side} "
+                         "(crop it around what matters yourself to choose what is kept)")
+        if min(w, h) * 2 < size:
+            notes.append(f"is {w}x{h} px, far smaller than the {size}x{size} input: upsampled "
+                         f"{size / min(w, h):.1f}x (bicubic)")
+        for note in notes:
+            warnings.warn(f"Image {i} {note}.", stacklevel=2)
         im = im.resize((g.resized_w, g.resized_h), Image.BICUBIC)
         im = im.crop((g.left, g.top, g.left + size, g.top + size))
         arr = np.asarray(im, dtype=np.float32) / 255.0
