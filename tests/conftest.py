@@ -46,3 +46,31 @@ def fill_hub_cache(cache: "Path", timm_name: str) -> None:
     snap.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     save_file(timm.create_model(timm_name, pretrained=False).state_dict(), str(snap / "model.safetensors"))
+
+
+def plant_image_folder(folder: "Path", classes: int = 2, per_class: int = 16,
+                       size: tuple[int, int] = (160, 120), seed: int = 0) -> "Path":
+    """A reader's own images in the layout the course reads: one sub-folder per class,
+    and ``boxes.json`` with each image's object box (a coloured rectangle on a smooth
+    background; class 0 rectangles are wide, class 1 tall)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    boxes = {}
+    for c in range(classes):
+        (folder / f"class_{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = np.empty((h, w, 3), np.uint8)
+            arr[:] = rng.integers(40, 200, 3)
+            bw, bh = (60, 30) if c % 2 == 0 else (30, 60)
+            x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            arr[y0:y0 + bh, x0:x0 + bw] = rng.integers(0, 255, 3)
+            name = f"class_{c}/{i:03d}.png"
+            Image.fromarray(arr).save(folder / name)
+            boxes[name] = [[x0, y0, x0 + bw, y0 + bh]]
+    (folder / "boxes.json").write_text(json.dumps(boxes))
+    return folder

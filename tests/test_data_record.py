@@ -133,3 +133,33 @@ def test_scene_options_border_texture_trigger():
         make_scenes(2, size=16, border=6, max_object=0.5)
     with pytest.raises(ValueError, match="probability"):
         make_scenes(2, trigger=2)
+
+
+def test_a_readers_own_folder_for_probes_photos_and_discovery(tmp_path):
+    import json as _json
+
+    from conftest import plant_image_folder
+
+    from vitreg_lib.data import analysis_images, boxed_images, labelled_images
+
+    folder = plant_image_folder(tmp_path / "mine", classes=2, per_class=5)
+    lab = labelled_images(str(folder), 6, seed=1)
+    assert len(lab.images) == 6 and set(lab.labels) <= {0, 1} and "class_0, class_1" in lab.description
+    # the same file name in two class folders stays two images with two labels
+    everything = labelled_images(str(folder), None)
+    assert len(everything.images) == 10 and list(everything.labels).count(1) == 5
+    box = boxed_images(str(folder), 3, seed=2)
+    assert len(box.images) == len(box.boxes) == 3 and box.boxes[0].shape == (1, 4)
+    photos = analysis_images(2, 0, photos=folder)
+    assert list(photos.images) == ["class_0/000.png", "class_0/001.png"]
+    assert photos.description == "2 photos from mine/"
+    with pytest.raises(ValueError, match="one sub-folder per class"):
+        labelled_images(str(folder / "class_0"), 3)
+    (folder / "boxes.json").write_text(_json.dumps({"class_0/000.png": [[5, 5, 2, 9]]}))
+    with pytest.raises(ValueError, match="x1 <= x0"):
+        boxed_images(str(folder), 1)
+    (folder / "boxes.json").unlink()
+    with pytest.raises(ValueError, match="has no boxes.json"):
+        boxed_images(str(folder), 1)
+    with pytest.raises(ValueError, match="or the path of a folder"):
+        labelled_images("ImageNet", 3)

@@ -1,8 +1,16 @@
 """Run settings for the notebooks: one function, so no cell branches on ``smoke``.
 
-``settings(tier, smoke, device)`` resolves ``tier="auto"`` to ``"pretrained"`` inside
-Colab and ``"mini"`` elsewhere (the offline default of ``make book`` and CI), and
+``settings(tier, smoke, device, dataset)`` resolves ``tier="auto"`` to ``"pretrained"``
+inside Colab and ``"mini"`` elsewhere (the offline default of ``make book`` and CI), and
 ``device="auto"`` to CUDA when present.
+
+``dataset="auto"`` keeps each tier's data: scenes offline; CIFAR-10 (probes) and VOC07
+(object discovery) in the pretrained tier, downloaded by torchvision. Otherwise it
+names ``"scenes"``, a torchvision dataset (``"CIFAR10"``, ``"CIFAR100"``: probes;
+``"VOC07"``: discovery), or **a folder of the reader's own images**: one sub-folder per
+class for the probes, a ``boxes.json`` for object discovery (see
+:func:`vitreg_lib.data.boxed_folder`), and its images replace the sample photos of the
+chapters that show photos.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .data import BOXED_DATASETS, BOXES_FILE, LABELLED_DATASETS
 from .models import REGISTRY
 
 TIERS = ("mini", "pretrained")
@@ -69,6 +78,8 @@ class Settings:
     family: tuple[str, ...] = ()  # chapter 5: the same model with 0, 1, ... registers
     search: TestTimeSearch | None = None  # chapter 6
     discovery: DiscoverySettings | None = None  # chapter 7
+    photos: str | None = None  # a folder whose images replace the sample photos
+    probe_tokens: int = 8000  # tokens the position / pixel probes are fitted on (at most)
 
     @property
     def models(self) -> list[str]:
@@ -79,7 +90,8 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
-def settings(tier: str = "auto", smoke: bool = False, device: str = "auto") -> Settings:
+def settings(tier: str = "auto", smoke: bool = False, device: str = "auto",
+             dataset: str = "auto") -> Settings:
     if tier == "auto":
         tier = "pretrained" if in_colab() else "mini"
     if tier not in TIERS:
@@ -124,8 +136,29 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto") -> S
             ("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
             pair=("dinov2_s", "dinov2_s_reg") if smoke else ("dinov2_l", "dinov2_l_reg"),
             test_time=search.model)
+    photos = None
+    if dataset != "auto":
+        from dataclasses import replace
+        from pathlib import Path
+
+        folder = Path(dataset).expanduser()
+        if folder.is_dir():
+            probe_dataset, photos = str(folder), str(folder)
+            if (folder / BOXES_FILE).is_file():
+                discovery = replace(discovery, dataset=str(folder))
+        elif dataset in LABELLED_DATASETS or dataset in BOXED_DATASETS:
+            if dataset in LABELLED_DATASETS:
+                probe_dataset = dataset
+            if dataset in BOXED_DATASETS:
+                discovery = replace(discovery, dataset=dataset)
+        else:
+            raise ValueError(f"dataset={dataset!r} is neither a dataset the course knows "
+                             f"({', '.join(dict.fromkeys(LABELLED_DATASETS + BOXED_DATASETS))}) nor a "
+                             "folder. Use 'auto', one of those, or the path of a folder of your images "
+                             f"(one sub-folder per class; a {BOXES_FILE} for object discovery).")
     return Settings(tier, smoke, device, pairs, n_photos, n_scenes, batch,
                     hist_layers=4 if smoke else 6, sizes=sizes,
                     retrain=device.startswith("cuda") and not smoke,
                     probe_dataset=probe_dataset, n_probe=n_probe, probe_models=probe_models,
-                    family=family, search=search, discovery=discovery)
+                    family=family, search=search, discovery=discovery, photos=photos,
+                    probe_tokens=1000 if smoke else 8000)

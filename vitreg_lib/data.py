@@ -115,6 +115,11 @@ def load_images(source: str | Path | Iterable[str | Path]) -> dict[str, Image.Im
     return out
 
 
+def load_image(path: str | Path) -> Image.Image:
+    """One image file, as :func:`load_images` reads it."""
+    return next(iter(load_images(Path(path)).values()))
+
+
 SHAPES = ("square", "circle", "triangle")
 #: the trigger shape: drawn only when ``make_scenes(trigger=p)`` asks for it, with
 #: probability ``p`` per image, in place of one ordinary object (a rare event that some
@@ -317,14 +322,23 @@ class ImageSet:
         return list(range(len(self.images) - n, len(self.images)))
 
 
-def analysis_images(n_photos: int, n_scenes: int, seed: int = 0, scene_size: int = 32) -> ImageSet:
-    """``n_photos`` sample photos, then ``n_scenes`` procedural scenes (seed ``seed``)."""
-    images = sample_images(SAMPLE_PHOTOS[:n_photos]) if n_photos else {}
+def analysis_images(n_photos: int, n_scenes: int, seed: int = 0, scene_size: int = 32,
+                    photos: str | Path | None = None) -> ImageSet:
+    """``n_photos`` photos, then ``n_scenes`` procedural scenes (seed ``seed``).
+
+    The photos are scikit-image's sample photos, or with ``photos`` (a folder) the first
+    ``n_photos`` image files found in it and its sub-folders, in name order."""
+    if photos is not None and n_photos:
+        paths = image_files(photos)[:n_photos]
+        images = {str(p.relative_to(Path(photos))): load_image(p) for p in paths}
+        source = f"{len(images)} photos from {Path(photos).name}/"
+    else:
+        images = sample_images(SAMPLE_PHOTOS[:n_photos]) if n_photos else {}
+        source = f"{n_photos} skimage photos"
     scenes = make_scenes(n_scenes, seed=seed, size=scene_size) if n_scenes else None
     if scenes is not None:
         images.update({f"scene_{i}": im for i, im in enumerate(scenes.pil())})
-    parts = ([f"{n_photos} skimage photos"] if n_photos else []) + \
-            ([f"{n_scenes} scenes (seed {seed})"] if n_scenes else [])
+    parts = ([source] if n_photos else []) + ([f"{n_scenes} scenes (seed {seed})"] if n_scenes else [])
     if not images:
         raise ValueError("No images: ask for n_photos > 0 or n_scenes > 0.")
     return ImageSet(images, scenes, " + ".join(parts))
@@ -340,16 +354,58 @@ class LabelledImages:
     scenes: Scenes | None = None
 
 
+LABELLED_DATASETS = ("scenes", "CIFAR10", "CIFAR100")
+BOXED_DATASETS = ("scenes", "VOC07")
+BOXES_FILE = "boxes.json"
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image file in ``folder`` and its sub-folders, sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageReadError(f"{folder} is not a folder.")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _pick(total: int, n: int | None, seed: int) -> np.ndarray:
+    """``n`` of ``total`` indices at random (seed), in order; all of them when ``n`` is
+    ``None`` or at least ``total``."""
+    if n is None or n >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+
+
+def labelled_folder(folder: str | Path, n: int | None, seed: int = 0) -> LabelledImages:
+    """Images of a folder with one sub-folder per class (the class is the sub-folder's
+    name; classes are numbered in name order), ``n`` drawn at random (seed)."""
+    folder = Path(folder)
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+    files = [(p, c) for c, name in enumerate(classes) for p in image_files(folder / name)]
+    if len(classes) < 2 or not files:
+        raise ValueError(f"{folder} is not a labelled image folder: it needs one sub-folder per class "
+                         f"(at least two), each holding image files ({', '.join(IMAGE_SUFFIXES)}).")
+    idx = _pick(len(files), n, seed)
+    images = [load_image(files[i][0]) for i in idx]  # names may repeat across class folders
+    labels = np.array([files[i][1] for i in idx])
+    return LabelledImages(images, labels,
+                          f"{len(idx)} images of {folder.name}/ (seed {seed}), label: class of "
+                          f"{len(classes)} ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+
+
 def labelled_images(dataset: str, n: int, seed: int = 0,
                     root: str | Path = "~/.cache/vitreg") -> LabelledImages:
-    """``n`` labelled images: ``"scenes"`` (label: number of objects minus one; offline)
-    or a torchvision dataset, ``"CIFAR10"`` / ``"CIFAR100"`` (test split, downloaded to
-    ``root`` the first time: needs the network)."""
+    """``n`` labelled images: ``"scenes"`` (label: number of objects minus one; offline),
+    a torchvision dataset, ``"CIFAR10"`` / ``"CIFAR100"`` (test split, downloaded to
+    ``root`` the first time: needs the network), or the path of a folder with one
+    sub-folder per class (:func:`labelled_folder`)."""
     if dataset == "scenes":
         s = make_scenes(n, seed=seed)
         return LabelledImages(s.pil(), s.label("count"), f"{n} scenes (seed {seed}), label: object count", s)
-    if dataset not in ("CIFAR10", "CIFAR100"):
-        raise ValueError(f"Unknown dataset {dataset!r}: use 'scenes', 'CIFAR10' or 'CIFAR100'.")
+    if dataset not in LABELLED_DATASETS:
+        if Path(dataset).expanduser().is_dir():
+            return labelled_folder(Path(dataset).expanduser(), n, seed)
+        raise ValueError(f"Unknown dataset {dataset!r}: use 'scenes', 'CIFAR10', 'CIFAR100' or the path of "
+                         "a folder with one sub-folder of images per class.")
     import torchvision
 
     folder = Path(root).expanduser()
@@ -358,7 +414,8 @@ def labelled_images(dataset: str, n: int, seed: int = 0,
     except Exception as err:  # torchvision raises URLError / RuntimeError offline
         raise RuntimeError(f"Could not get {dataset} into {folder} ({type(err).__name__}: {err}). "
                            "It downloads from the internet the first time; offline, use "
-                           "dataset='scenes'.") from err
+                           "dataset='scenes' or a local folder with one sub-folder of images per "
+                           "class.") from err
     idx = np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)
     images = [ds[int(i)][0] for i in idx]
     labels = np.array([ds[int(i)][1] for i in idx])
@@ -395,11 +452,13 @@ def boxed_images(dataset: str, n: int, seed: int = 0, root: str | Path = "~/.cac
         s = make_scenes(n, seed=seed, **scene)
         return BoxedImages(s.pil(), [b.astype(np.float64) for b in s.boxes],
                            f"{n} scenes (seed {seed}, {s.size} px)", s)
-    if dataset != "VOC07":
-        raise ValueError(f"Unknown dataset {dataset!r} for object discovery: use 'scenes' (offline) "
-                         "or 'VOC07' (downloaded by torchvision).")
     if scene:
         raise ValueError(f"Scene options {sorted(scene)} apply to dataset='scenes' only.")
+    if dataset not in BOXED_DATASETS:
+        if Path(dataset).expanduser().is_dir():
+            return boxed_folder(Path(dataset).expanduser(), n, seed)
+        raise ValueError(f"Unknown dataset {dataset!r} for object discovery: use 'scenes' (offline), "
+                         f"'VOC07' (downloaded by torchvision) or a folder of images with a {BOXES_FILE}.")
     import torchvision
 
     folder = Path(root).expanduser()
@@ -409,10 +468,9 @@ def boxed_images(dataset: str, n: int, seed: int = 0, root: str | Path = "~/.cac
     except Exception as err:  # torchvision raises URLError / RuntimeError offline
         raise RuntimeError(f"Could not get Pascal VOC 2007 into {folder} ({type(err).__name__}: {err}). "
                            "It downloads from the internet the first time; offline, use "
-                           "dataset='scenes'.") from err
+                           f"dataset='scenes' or a folder of images with a {BOXES_FILE}.") from err
     total = len(ds)
-    idx = (np.arange(total) if n is None or n >= total
-           else np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)))
+    idx = _pick(total, n, seed)
     images, boxes = [], []
     for i in idx:
         image, target = ds[int(i)]
@@ -423,3 +481,31 @@ def boxed_images(dataset: str, n: int, seed: int = 0, root: str | Path = "~/.cac
         images.append(image.convert("RGB"))
     what = "all" if len(idx) == total else f"{len(idx)} random (seed {seed})"
     return BoxedImages(images, boxes, f"VOC07 trainval, {what} of {total} images")
+
+
+def boxed_folder(folder: str | Path, n: int | None, seed: int = 0) -> BoxedImages:
+    """Images of ``folder`` (and its sub-folders) with their boxes from
+    ``folder/boxes.json``: ``{"relative/path.jpg": [[x0, y0, x1, y1], ...], ...}`` in the
+    image's pixels, continuous coordinates (``0, 0, W, H`` is the whole image). Only the
+    images listed there are used; ``n`` are drawn at random (seed)."""
+    import json
+
+    folder = Path(folder)
+    spec = folder / BOXES_FILE
+    if not spec.is_file():
+        raise ValueError(f"{folder} has no {BOXES_FILE}: object discovery needs each image's boxes, as "
+                         '{"image.jpg": [[x0, y0, x1, y1], ...]} in pixels.')
+    table = json.loads(spec.read_text())
+    names = sorted(table)
+    boxes = {}
+    for name in names:
+        b = np.asarray(table[name], dtype=np.float64).reshape(-1, 4) if table[name] else np.zeros((0, 4))
+        if len(b) == 0:
+            raise ValueError(f"{spec}: {name} has no box; leave images without objects out of the file.")
+        if (b[:, 2] <= b[:, 0]).any() or (b[:, 3] <= b[:, 1]).any():
+            raise ValueError(f"{spec}: a box of {name} has x1 <= x0 or y1 <= y0; boxes are [x0, y0, x1, y1].")
+        boxes[name] = b
+    idx = _pick(len(names), n, seed)
+    chosen = [names[i] for i in idx]
+    return BoxedImages([load_image(folder / name) for name in chosen], [boxes[name] for name in chosen],
+                       f"{len(chosen)} images of {folder.name}/ with {BOXES_FILE} (seed {seed})")

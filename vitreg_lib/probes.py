@@ -273,16 +273,17 @@ def headlines(frame: pd.DataFrame, paper: dict, data: str, comparable: str) -> l
     return out
 
 
-def probe_model(lm, images, labels, rule, layer=-1, batch_size: int = 32,
-                seed: int = 0) -> tuple[pd.DataFrame, Features, np.ndarray]:
+def probe_model(lm, images, labels, rule, layer=-1, batch_size: int = 32, seed: int = 0,
+                max_train_tokens: int = 8000) -> tuple[pd.DataFrame, Features, np.ndarray]:
     """Every probe of chapter 4 on one model: extract ``layer`` for ``images`` (PIL),
-    flag outlier patches with ``rule``, run the local probes (position, pixels) and the
-    global probe (one token per image -> ``labels``). Returns the results frame (with a
-    ``model`` column), the features and the outlier mask ``[B, rows, cols]``."""
+    flag outlier patches with ``rule``, run the local probes (position, pixels; fitted on
+    at most ``max_train_tokens`` tokens) and the global probe (one token per image ->
+    ``labels``). Returns the results frame (with a ``model`` column), the features and
+    the outlier mask ``[B, rows, cols]``."""
     x = lm.preprocess(images)
     f = extract(lm, x, layers=[layer], batch_size=batch_size)
     mask = detect(patch_norm_maps(f, layer), rule).mask
     local = local_probes(f.patches(layer), mask, patch_pixels(x, f.layout.patch_size), f.layout.grid,
-                         seed=seed)
+                         seed=seed, max_train_tokens=max_train_tokens)
     glob = global_probe(global_token_sets(f, layer, mask, seed=seed), labels, len(labels), seed=seed)
     return to_frame(local + glob).assign(model=lm.name), f, mask
