@@ -4,6 +4,8 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The book's model tier: mini (offline, the default) or pretrained (make book TIER=pretrained).
+TIER   ?= mini
 
 .PHONY: venv book test lint bench clean
 
@@ -17,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 book: $(STAMP)
-	$(PY) tools/build_book.py --mode full
+	$(PY) tools/build_book.py --mode full --tier $(TIER)
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -2,7 +2,9 @@
 (tools/build_book.py --mode smoke), then checks what the reader would get."""
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +21,24 @@ from vitreg_lib.config import settings  # noqa: E402
 from vitreg_lib.models import load_model  # noqa: E402
 from vitreg_lib.paper import PAPER  # noqa: E402
 
+#: a pretrained-tier result from an earlier build, planted before the smoke (mini) build:
+#: the mini build must leave it alone, and the scorecard must show both tiers
+PLANTED = {"outlier_pct_dinov2_g": dict(value=2.5, paper=2.37, model="dinov2_g", note="norm > 150",
+                                        comparable="yes: the paper's model and rule")}
+
+
+def plant_pretrained(out: Path) -> None:
+    folder = build_book.results_dir(out, "pretrained")
+    folder.mkdir(parents=True)
+    (folder / "01_high_norm_tokens.json").write_text(json.dumps(PLANTED))
+    (folder / "_status.json").write_text(json.dumps([dict(notebook="notebooks/01_high_norm_tokens.ipynb",
+                                                          status="ok", mode="full", tier="pretrained")]))
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("book")
+    plant_pretrained(out)
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "build_book.py"), "--mode", "smoke",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -30,15 +46,21 @@ def built(tmp_path_factory):
 
 
 def test_every_toc_notebook_ran_and_recorded(built):
-    status = json.loads((built / "results" / "_status.json").read_text())
+    status = json.loads((built / "results" / "mini" / "_status.json").read_text())
     assert [s["notebook"] for s in status] == build_book.notebooks()
     assert all(s["status"] == "ok" and s["mode"] == "smoke" for s in status)
-    for nb in build_book.notebooks():
-        assert (built / "results" / f"{Path(nb).stem}.json").is_file(), nb
+    for nb, run in zip(build_book.notebooks(), status):
+        recorded = json.loads((built / "results" / "mini" / f"{Path(nb).stem}.json").read_text())
+        assert run["tier"] == "mini" and run["models"] == list(dict.fromkeys(
+            e["model"] for e in recorded.values() if e["model"])), nb
+        assert "mini_reg0" in run["models"], nb
+    pretrained = built / "results" / "pretrained"  # another tier's numbers survive a mini build
+    assert json.loads((pretrained / "01_high_norm_tokens.json").read_text()) == PLANTED
+    assert sorted(p.name for p in pretrained.iterdir()) == ["01_high_norm_tokens.json", "_status.json"]
 
 
 def test_chapter1_numbers_are_what_the_library_measures(built):
-    rec = json.loads((built / "results" / "01_high_norm_tokens.json").read_text())
+    rec = json.loads((built / "results" / "mini" / "01_high_norm_tokens.json").read_text())
     s = settings("mini", smoke=True)
     imgs = data.analysis_images(s.n_photos, s.n_scenes, seed=0)
     for name in s.models:
@@ -60,17 +82,112 @@ def test_book_pages_show_figures_and_links(built):
     assert "Paper vs here" in ch1 and "google.colab" not in ch1  # setup cell hidden
     intro = (html / "book" / "intro.html").read_text()
     assert build_book.colab_url("notebooks/01_high_norm_tokens.ipynb") in intro
-    assert "notebooks/01_high_norm_tokens.ipynb" in (html / "book" / "status.html").read_text()
+    status = (html / "book" / "status.html").read_text()
+    assert "notebooks/01_high_norm_tokens.ipynb" in status
+    assert "This build: <strong>mini</strong> tier, <strong>smoke</strong> mode." in status
+    assert re.search(r"01_high_norm_tokens\.ipynb</p></td>\n(<td><p>[^<]*</p></td>\n){4}"
+                     r"<td><p>mini_reg0, mini_reg4</p></td>", status)
+    # every page knows the book's address, derived from repository.url
+    assert f'<link rel="canonical" href="{build_book.book_url()}book/intro.html" />' in intro
+
+
+def test_scorecard_page_shows_both_tiers_with_verdicts(built):
+    html = (built / "_build" / "html" / "book" / "scorecard.html").read_text()
+    toc = html[html.index('<nav class="bd-links'):]
+    assert toc.index('href="#">Scorecard') < toc.index('href="status.html">Build status')
+    assert "<strong>mini</strong> (smoke mode, 7 chapters)" in html
+    assert "<strong>pretrained</strong> (full mode, 1 chapter): 1 reproduced" in html
+    assert "within 10 % (relative)" in html  # the rules are on the page
+    assert re.search(r"<td><p>pretrained</p></td>\n<td><p>dinov2_g</p></td>\n<td><p>2.37</p></td>\n"
+                     r"<td><p>2.5</p></td>\n<td><p><strong>reproduced</strong>", html)
+    assert re.search(r"<td><p>mini</p></td>\n<td><p>mini_reg0</p></td>\n<td><p>2.37</p></td>\n"
+                     r"<td><p>[^<]*</p></td>\n<td><p><strong>not comparable</strong>", html)  # "no: ..."
+    assert html.count('href="../notebooks/01_high_norm_tokens.html"><span class="doc">chapter 1') >= 3
+    for finding in ("F1", "F4", "F5", "F8"):
+        assert f"<h2>{finding}: " in html, finding
+
+
+def check_one_setting(root: Path) -> None:
+    url = yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"]
+    for nb in build_book.notebooks(root):
+        text = (root / nb).read_text()
+        assert f"git+{url}" in text, f"{nb}: Colab install cell must use {url}"
+    readme = (root / "README.md").read_text()
+    for nb in build_book.notebooks(root):
+        assert build_book.colab_url(nb, root) in readme, f"README lacks the Colab link of {nb}"
+    book = build_book.book_url(root=root)
+    assert book == build_book.book_url(url) and book in readme, f"README must give the book's address, {book}"
+
+
+def test_a_build_keeps_its_results_in_its_tier_folder(tmp_path, monkeypatch):
+    """build_book.main with papermill and jupyter-book stubbed (the real ones run in the
+    smoke build): where the numbers go, what the status page and scorecard are made of."""
+    import papermill
+
+    def fake_execute(src, dst, parameters, **kwargs):  # an executed copy and a recorded number
+        shutil.copy(src, dst)
+        results = Path(os.environ["VITREG_RESULTS_DIR"])
+        assert results == build_book.results_dir(tmp_path, parameters["tier"])
+        (results / f"{Path(src).stem}.json").write_text(json.dumps({
+            "x_m1": dict(value=1.0, paper=1.05, model="m1", note="", comparable=""),
+            "y_m2": dict(value=None, paper=None, model="m2", note="", comparable=""),
+            "z": dict(value=3, paper=None, model=None, note="", comparable="")}))
+
+    jb = []
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.setattr(build_book.subprocess, "run",
+                        lambda cmd: jb.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setenv("VITREG_RESULTS_DIR", "")  # restored after the test; main sets it
+    monkeypatch.setenv("MPLBACKEND", "agg")
+    plant_pretrained(tmp_path)
+    stale = build_book.results_dir(tmp_path, "mini") / "99_removed_chapter.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["build_book.py", "--mode", "smoke", "--out", str(tmp_path)])
+    assert build_book.main() == 0
+
+    mini = build_book.results_dir(tmp_path, "mini")
+    assert not stale.exists()  # a tier's folder holds one build's numbers only
+    assert sorted(p.stem for p in mini.glob("[!_]*.json")) == [Path(nb).stem for nb in build_book.notebooks()]
+    runs = json.loads((mini / "_status.json").read_text())
+    assert all(r["tier"] == "mini" and r["models"] == ["m1", "m2"] for r in runs)
+    planted = build_book.results_dir(tmp_path, "pretrained") / "01_high_norm_tokens.json"
+    assert json.loads(planted.read_text()) == PLANTED
+    stage = tmp_path / "stage"
+    status = (stage / "book" / "status.md").read_text()
+    assert "This build: **mini** tier, **smoke** mode." in status
+    assert "| notebooks/01_high_norm_tokens.ipynb | ok | smoke | mini |" in status and "| m1, m2 |" in status
+    card = (stage / "book" / "scorecard.md").read_text()
+    assert "<!-- scorecard -->" not in card and "**pretrained** (full mode, 1 chapter)" in card
+    assert card.count("| mini | m1 | 1.05 | 1 | **reproduced** (within 10 % of 1.05) |") == len(runs)
+    config = yaml.safe_load((stage / "_config.yml").read_text())
+    assert config["html"]["baseurl"] == build_book.book_url()
+    assert config["repository"] == build_book.repo_settings()  # the rest of the config is kept
+    assert "baseurl" not in (ROOT / "_config.yml").read_text()  # derived, never typed
+    assert jb and jb[0][1:3] == ["build", str(stage)] and "-W" in jb[0]
 
 
 def test_repository_url_is_one_setting():
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
-    for nb in build_book.notebooks():
-        text = (ROOT / nb).read_text()
-        assert f"git+{url}" in text, f"{nb}: Colab install cell must use {url}"
-    readme = (ROOT / "README.md").read_text()
-    for nb in build_book.notebooks():
-        assert build_book.colab_url(nb) in readme, f"README lacks the Colab link of {nb}"
+    check_one_setting(ROOT)
+    assert build_book.book_url("https://github.com/Some-One/my-fork/") == "https://some-one.github.io/my-fork/"
+    assert build_book.book_url("https://github.com/ana/ana.github.io") == "https://ana.github.io/"
+
+
+def test_set_repo_url_rewrites_every_address(tmp_path):
+    import set_repo_url
+
+    for name in ("_config.yml", "_toc.yml", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    old = build_book.repo_settings()["url"]
+    old_book = build_book.book_url()
+    set_repo_url.main("https://github.com/someone/vitreg-fork", root=tmp_path)
+    assert build_book.repo_settings(tmp_path)["url"] == "https://github.com/someone/vitreg-fork"
+    check_one_setting(tmp_path)
+    assert "https://someone.github.io/vitreg-fork/" in (tmp_path / "README.md").read_text()
+    for f in [tmp_path / "README.md", *(tmp_path / "notebooks").glob("*.ipynb")]:
+        text = f.read_text()
+        assert old not in text and old_book not in text, f.name
 
 
 def test_notebooks_are_committed_without_outputs_and_share_parameters():
@@ -140,7 +257,7 @@ def test_chapter2_numbers_are_what_the_library_measures(built):
     from vitreg_lib.models import training_log
     from vitreg_lib.train import summarize_log
 
-    rec = json.loads((built / "results" / "02_where_and_when.json").read_text())
+    rec = json.loads((built / "results" / "mini" / "02_where_and_when.json").read_text())
     s = settings("mini", smoke=True)
     assert rec["emergence_fraction"]["value"] == summarize_log(training_log(s.log_model))["emerged_at"]
     assert rec["emergence_fraction"]["paper"] == pytest.approx(1 / 3, abs=1e-3)
@@ -154,8 +271,8 @@ def test_chapters3_and_4_recorded_numbers(built):
     from vitreg_lib.paper import probe_reference
 
     s = settings("mini", smoke=True)
-    ch3 = json.loads((built / "results" / "03_redundant_patches.json").read_text())
-    ch4 = json.loads((built / "results" / "04_local_and_global.json").read_text())
+    ch3 = json.loads((built / "results" / "mini" / "03_redundant_patches.json").read_text())
+    ch4 = json.loads((built / "results" / "mini" / "04_local_and_global.json").read_text())
     ref = set(probe_reference().values())
     for name in s.probe_models:
         assert -1 <= ch3[f"median_similarity_normal_{name}"]["value"] <= 1
@@ -175,7 +292,7 @@ def test_chapter5_numbers_are_what_the_library_measures(built):
     from vitreg_lib import registers
     from vitreg_lib.config import FLOPS_ARCH
 
-    rec = json.loads((built / "results" / "05_registers.json").read_text())
+    rec = json.loads((built / "results" / "mini" / "05_registers.json").read_text())
     s = settings("mini", smoke=True)
     imgs = data.analysis_images(s.n_photos, s.n_scenes, seed=0)
     for name in s.probe_models:
@@ -192,7 +309,7 @@ def test_chapter5_numbers_are_what_the_library_measures(built):
 
 
 def test_chapter6_finds_the_planted_neuron_and_records_the_fix(built):
-    rec = json.loads((built / "results" / "06_test_time_registers.json").read_text())
+    rec = json.loads((built / "results" / "mini" / "06_test_time_registers.json").read_text())
     assert rec["planted_neuron_ranked_first"]["value"] == 1
     assert rec["outlier_pct_planted"]["value"] > 0 and rec["outlier_pct_planted_fixed"]["value"] == 0
     assert rec["planted_extra_over_patch_norm"]["value"] > 5
@@ -206,7 +323,7 @@ def test_chapter6_finds_the_planted_neuron_and_records_the_fix(built):
 def test_chapter7_corloc_is_what_the_library_measures(built):
     from vitreg_lib import discovery
 
-    rec = json.loads((built / "results" / "07_object_discovery.json").read_text())
+    rec = json.loads((built / "results" / "mini" / "07_object_discovery.json").read_text())
     s = settings("mini", smoke=True)
     d = s.discovery
     assert {f"corloc_{m}" for m in d.models} | {f"corloc_{d.test_time}_ttr"} <= set(rec)

@@ -1,15 +1,18 @@
 """Execute the notebooks with papermill, stage the book from the executed copies, build it.
 
-    python tools/build_book.py --mode full            # what `make book` runs
-    python tools/build_book.py --mode smoke --out DIR # what the book test runs
+    python tools/build_book.py --mode full [--tier pretrained]  # what `make book [TIER=...]` runs
+    python tools/build_book.py --mode smoke --out DIR           # what the book test runs
 
 Steps: (1) every notebook in ``_toc.yml`` runs on the project's kernel (``vitreg``,
 registered by the Makefile) with ``smoke`` / ``tier`` as papermill parameters, into
-``OUT/executed``; numbers go to ``OUT/results`` (``VITREG_RESULTS_DIR``); a failing
+``OUT/executed``; numbers go to ``OUT/results/<tier>`` (``VITREG_RESULTS_DIR``), one
+folder per tier, so building one tier never touches the other's numbers; a failing
 notebook stops the build and names the cell. (2) ``OUT/stage`` gets the book's sources
-with the executed notebooks, the chapter/Colab table in the intro and the status
-page filled in. (3) ``jupyter-book build`` (1.x) runs with warnings as errors.
-Paths can be overridden with ``VITREG_BUILD_DIR`` and ``VITREG_KERNEL``.
+with the executed notebooks, the chapter/Colab table in the intro, the status page
+(this build: tier, mode, models of each chapter) and the scorecard (every tier whose
+results are in ``OUT/results``) filled in, and ``html.baseurl`` set to :func:`book_url`.
+(3) ``jupyter-book build`` (1.x) runs with warnings as errors; the HTML lands in
+:func:`html_dir`. Paths can be overridden with ``VITREG_BUILD_DIR`` and ``VITREG_KERNEL``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,22 @@ import sys
 import time
 from pathlib import Path
 
+import scorecard  # tools/scorecard.py
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+BUILD_DIR = "_build"  # OUT, relative to the repository root, unless --out / VITREG_BUILD_DIR
 CELL_TIMEOUT_S = 900  # a cell that runs longer fails the build instead of hanging it
+
+
+def html_dir(out: Path) -> Path:
+    """Where ``jupyter-book build --path-output OUT`` writes the HTML (the folder to publish)."""
+    return Path(out) / "_build" / "html"
+
+
+def results_dir(out: Path, tier: str) -> Path:
+    """Where a build of ``tier`` records its numbers and its ``_status.json``."""
+    return Path(out) / "results" / tier
 
 
 def toc_files(root: Path = ROOT) -> list[str]:
@@ -60,6 +75,16 @@ def colab_url(nb: str, root: Path = ROOT) -> str:
     return f"https://colab.research.google.com/github/{slug}/blob/{repo['branch']}/{nb}"
 
 
+def book_url(url: str | None = None, root: Path = ROOT) -> str:
+    """The published book's address, derived from ``repository.url`` (or ``url``):
+    ``https://github.com/OWNER/REPO`` -> ``https://OWNER.github.io/REPO/`` (GitHub Pages;
+    a repository named ``OWNER.github.io`` is served at the root)."""
+    url = (url or repo_settings(root)["url"]).rstrip("/")
+    owner, repo = url.split("github.com/")[-1].split("/")[:2]
+    host = f"{owner.lower()}.github.io"
+    return f"https://{host}/" if repo.lower() == host else f"https://{host}/{repo}/"
+
+
 def chapter_table(root: Path = ROOT) -> str:
     lines = ["| chapter | open in Colab |", "|---|---|"]
     for nb in notebooks(root):
@@ -85,7 +110,24 @@ def execute(nb: str, out: Path, mode: str, tier: str, kernel: str) -> dict:
         status = f"failed in cell {err.exec_count}: {err.ename}: {err.evalue}"
     except TimeoutError as err:  # nbclient's CellTimeoutError derives from it
         status = f"a cell ran past {CELL_TIMEOUT_S} s: {err}"
-    return dict(notebook=nb, status=status, seconds=round(time.time() - t0, 1), mode=mode, tier=tier)
+    return dict(notebook=nb, status=status, seconds=round(time.time() - t0, 1), mode=mode, tier=tier,
+                models=recorded_models(results_dir(out, tier) / f"{Path(nb).stem}.json"))
+
+
+def recorded_models(path: Path) -> list[str]:
+    """The distinct ``model`` fields of a notebook's recorded numbers, in order of first use."""
+    entries = json.loads(path.read_text()) if path.is_file() else {}
+    return list(dict.fromkeys(e["model"] for e in entries.values() if e.get("model")))
+
+
+def status_table(runs: list[dict]) -> str:
+    tiers = sorted({r["tier"] for r in runs})
+    modes = sorted({r["mode"] for r in runs})
+    lines = [f"This build: **{', '.join(tiers)}** tier, **{', '.join(modes)}** mode.", "",
+             "| chapter | status | mode | tier | seconds | models |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['notebook']} | {r['status']} | {r['mode']} | {r['tier']} | {r['seconds']} | "
+              f"{', '.join(r['models']) or '(none recorded)'} |" for r in runs]
+    return "\n".join(lines)
 
 
 def stage(out: Path, runs: list[dict]) -> Path:
@@ -93,8 +135,10 @@ def stage(out: Path, runs: list[dict]) -> Path:
     if st.exists():
         shutil.rmtree(st)
     st.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(ROOT / name, st / name)
+    shutil.copy(ROOT / "_toc.yml", st / "_toc.yml")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config.setdefault("html", {})["baseurl"] = book_url()  # derived, never typed in _config.yml
+    (st / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     shutil.copytree(ROOT / "book", st / "book")
     (st / "experiments").mkdir()
     shutil.copy(ROOT / "experiments" / "RESULTS.md", st / "experiments" / "RESULTS.md")
@@ -103,11 +147,12 @@ def stage(out: Path, runs: list[dict]) -> Path:
         shutil.copy(out / "executed" / nb, st / nb)
     intro = st / "book" / "intro.md"
     intro.write_text(intro.read_text().replace("<!-- chapter-links -->", chapter_table()))
-    rows = ["| chapter | status | mode | tier | seconds |", "|---|---|---|---|---|"]
-    rows += [f"| {r['notebook']} | {r['status']} | {r['mode']} | {r['tier']} | {r['seconds']} |"
-             for r in runs]
     status = st / "book" / "status.md"
-    status.write_text(status.read_text().replace("<!-- status-table -->", "\n".join(rows)))
+    status.write_text(status.read_text().replace("<!-- status-table -->", status_table(runs)))
+    card = st / "book" / "scorecard.md"
+    chapters = {Path(nb).stem: nb[:-len(".ipynb")] for nb in notebooks()}
+    card.write_text(card.read_text().replace("<!-- scorecard -->",
+                                             scorecard.page(out / "results", chapters)))
     return st
 
 
@@ -115,11 +160,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("full", "smoke"), default="full")
     p.add_argument("--tier", choices=("mini", "pretrained"), default="mini")
-    p.add_argument("--out", default=os.environ.get("VITREG_BUILD_DIR", str(ROOT / "_build")))
+    p.add_argument("--out", default=os.environ.get("VITREG_BUILD_DIR", str(ROOT / BUILD_DIR)))
     p.add_argument("--kernel", default=os.environ.get("VITREG_KERNEL", "vitreg"))
     args = p.parse_args()
     out = Path(args.out).resolve()
-    os.environ["VITREG_RESULTS_DIR"] = str(out / "results")
+    results = results_dir(out, args.tier)
+    if results.exists():  # this tier's numbers come from this build only; other tiers stay
+        shutil.rmtree(results)
+    results.mkdir(parents=True)
+    os.environ["VITREG_RESULTS_DIR"] = str(results)
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
     runs = []
@@ -132,8 +181,7 @@ def main() -> int:
             print(f"FAILED: {nb} {run['status']} (executed copy: {out / 'executed' / nb})",
                   file=sys.stderr)
             return 1
-    (out / "results").mkdir(parents=True, exist_ok=True)
-    (out / "results" / "_status.json").write_text(json.dumps(runs, indent=1))
+    (results / scorecard.STATUS_FILE).write_text(json.dumps(runs, indent=1))  # the tier is complete
 
     st = stage(out, runs)
     jb = Path(sys.executable).with_name("jupyter-book")
@@ -142,7 +190,7 @@ def main() -> int:
     if subprocess.run(cmd).returncode:
         print("FAILED: jupyter-book build (warnings are errors; see above)", file=sys.stderr)
         return 1
-    index = out / "_build" / "html" / "index.html"
+    index = html_dir(out) / "index.html"
     print(f"Book built: {index}")
     return 0
 

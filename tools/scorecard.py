@@ -1,0 +1,268 @@
+"""The scorecard page: every recorded number that has a paper value, beside the paper's,
+with a verdict computed from explicit criteria.
+
+``tools/build_book.py`` calls :func:`page` in its stage step with ``OUT/results``, which
+holds one folder per tier (``OUT/results/<tier>/<notebook>.json``, written by
+:class:`vitreg_lib.record.Recorder`). A tier is on the page only if its folder has the
+``_status.json`` that a build writes after every chapter executed; a folder without it
+(a build that stopped) is named on the page and skipped.
+
+The criteria (also written on the page, from the constants below):
+
+* **not comparable**: the record's ``comparable`` starts with "no", the measured value is
+  missing or not a number, or the paper's value is neither a number, a two-number range,
+  nor a comparison such as ``"< 2"`` or ``"~ 6"``;
+* **reproduced**: the measured value is within :data:`REL_TOL` of an exact paper value,
+  within :data:`APPROX_REL_TOL` of an approximate one (``"~ x"``, ``"≈ x"``; ``"≈ 0"``
+  means at most :data:`APPROX_ZERO_ABS` in absolute value), inside a range, or satisfies
+  a comparison (``"< x"``, ``"<= x"``, ``"> x"``, ``">= x"``);
+* **not reproduced**: otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+STATUS_FILE = "_status.json"
+TIER_ORDER = ("mini", "pretrained")  # other tiers follow, alphabetically
+
+REL_TOL = 0.10  # exact paper value: |measured - paper| <= 10 % of |paper|
+APPROX_REL_TOL = 0.20  # "~ x" / "≈ x": within 20 % of x
+APPROX_ZERO_ABS = 0.5  # "≈ 0": |measured| <= 0.5 (the paper writes it for a percentage of tokens)
+
+#: which finding a recorded number belongs to: (notebook, record-name prefix, finding);
+#: the first row whose notebook matches and whose prefix starts the name wins.
+FINDING_OF = (
+    ("01_high_norm_tokens", "", "F1"),
+    ("02_where_and_when", "", "F2"),
+    ("03_redundant_patches", "", "F3"),
+    ("04_local_and_global", "global_", "F5"),  # single-token global probe
+    ("04_local_and_global", "", "F4"),  # position and pixel probes
+    ("05_registers", "extra_flops_", "F8"),
+    ("05_registers", "", "F6"),
+    ("06_test_time_registers", "", "T1"),
+    ("07_object_discovery", "", "F9"),
+)
+
+#: the findings in the order of book/paper.md, with the titles of its headings
+FINDINGS = {
+    "F1": "high-norm outlier tokens exist", "F2": "where and when the outliers appear",
+    "F3": "outliers sit on redundant patches", "F4": "outliers hold little local information",
+    "F5": "outliers hold global information", "F6": "the fix is registers", "F7": "the downstream effect",
+    "F8": "how many registers", "F9": "object discovery with LOST", "F10": "registers specialise",
+    "F11": "cleaner attention and feature maps", "T1": "test-time registers",
+    "T2": "do small models grow outliers?", "T3": "registers as fixed biases",
+    "T4": 'outliers as "do-nothing" attention',
+}
+
+REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not reproduced", "not comparable"
+
+#: the table's columns: short ones first, the two long texts share the last, so that the
+#: table fits the book's text column (nine columns did not: every cell wrapped word by word)
+COLUMNS = ("quantity", "tier", "model", "paper", "here", "verdict", "chapter", "comparable; data / rule")
+
+_CLAIM = re.compile(r"^\s*(<=|>=|≤|≥|<|>|~|≈)?\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+
+
+@dataclass(frozen=True)
+class Row:
+    finding: str
+    quantity: str  # the record name without its model suffix
+    name: str  # the record name
+    tier: str
+    notebook: str
+    model: str | None
+    paper: object
+    value: object
+    comparable: str
+    note: str
+    verdict: str
+    criterion: str  # the test that gave the verdict, in a few words
+
+
+def finding_of(notebook: str, name: str) -> str:
+    for nb, prefix, finding in FINDING_OF:
+        if nb == notebook and name.startswith(prefix):
+            return finding
+    raise KeyError(f"No finding for {notebook}/{name}: add the notebook to FINDING_OF in {__file__}.")
+
+
+def _number(x) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _within(m: float, x: float, rel: float) -> bool:
+    return abs(m - x) <= rel * abs(x) * (1 + 1e-9)  # the slack: 2.2 is within 10 % of 2.0
+
+
+def verdict(paper, value, comparable: str = "") -> tuple[str, str]:
+    """``(verdict, criterion)`` for one recorded number (see the module docstring)."""
+    if comparable.strip().lower().startswith("no"):
+        return NOT_COMPARABLE, "marked no"
+    m = _number(value)
+    if m is None:
+        return NOT_COMPARABLE, "not measured"
+    p = _number(paper)
+    if p is not None:
+        ok = _within(m, p, REL_TOL)
+        return (REPRODUCED if ok else NOT_REPRODUCED), f"within {REL_TOL * 100:g} % of {_fmt(p)}"
+    if isinstance(paper, (list, tuple)) and len(paper) == 2 and None not in map(_number, paper):
+        lo, hi = sorted(map(float, paper))
+        return (REPRODUCED if lo <= m <= hi else NOT_REPRODUCED), f"between {_fmt(lo)} and {_fmt(hi)}"
+    match = _CLAIM.match(paper) if isinstance(paper, str) else None
+    if match is None:
+        return NOT_COMPARABLE, "paper value not a number"
+    op, x = match.group(1) or "", float(match.group(2))
+    if op in ("~", "≈"):
+        if x == 0:
+            return (REPRODUCED if abs(m) <= APPROX_ZERO_ABS else NOT_REPRODUCED,
+                    f"at most {APPROX_ZERO_ABS:g} from 0")
+        ok = _within(m, x, APPROX_REL_TOL)
+        return (REPRODUCED if ok else NOT_REPRODUCED), f"within {APPROX_REL_TOL * 100:g} % of {_fmt(x)}"
+    tests = {"<": m < x, ">": m > x, "<=": m <= x, "≤": m <= x, ">=": m >= x, "≥": m >= x,
+             "": _within(m, x, REL_TOL)}
+    criterion = f"{op} {_fmt(x)}" if op else f"within {REL_TOL * 100:g} % of {_fmt(x)}"
+    return (REPRODUCED if tests[op] else NOT_REPRODUCED), criterion
+
+
+def quantity(name: str, model: str | None) -> str:
+    """The record name less a trailing model name (``outlier_pct_mini_reg0`` -> ``outlier_pct``),
+    so that one quantity measured on several models and tiers lines up."""
+    if model:
+        suffix = "_" + re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def _tier_key(tier: str) -> tuple:
+    return (TIER_ORDER.index(tier), "") if tier in TIER_ORDER else (len(TIER_ORDER), tier)
+
+
+def tiers(results_root: Path) -> tuple[dict[str, list[dict]], list[str]]:
+    """``({tier: its build's runs (from _status.json)}, [tiers skipped: no _status.json])``."""
+    root = Path(results_root)
+    folders = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
+    folders.sort(key=lambda d: _tier_key(d.name))
+    built = {d.name: json.loads((d / STATUS_FILE).read_text())
+             for d in folders if (d / STATUS_FILE).is_file()}
+    return built, [d.name for d in folders if d.name not in built]
+
+
+def rows(results_root: Path, order: list[str] | None = None) -> list[Row]:
+    """One row per recorded number that has a paper value, for every built tier, sorted by
+    finding, then quantity (chapter order, then record order), then tier. ``order``: the
+    notebooks' names in chapter order (default: alphabetical)."""
+    built, _ = tiers(results_root)
+    out = []
+    for tier in built:
+        for path in sorted(Path(results_root, tier).glob("*.json")):
+            if path.name.startswith("_"):
+                continue
+            for name, e in json.loads(path.read_text()).items():
+                if e.get("paper") is None:
+                    continue
+                comparable = e.get("comparable") or ""
+                v, criterion = verdict(e["paper"], e.get("value"), comparable)
+                out.append(Row(finding_of(path.stem, name), quantity(name, e.get("model")), name, tier,
+                               path.stem, e.get("model"), e["paper"], e.get("value"), comparable,
+                               e.get("note") or "", v, criterion))
+    findings = list(FINDINGS)
+    notebooks = order or sorted({r.notebook for r in out})
+    first = {}  # quantity -> its first appearance (chapter, record order)
+    for i, r in enumerate(out):
+        chapter = notebooks.index(r.notebook) if r.notebook in notebooks else len(notebooks)
+        first.setdefault((r.finding, r.quantity), (chapter, i))
+    return sorted(out, key=lambda r: (findings.index(r.finding) if r.finding in findings else len(findings),
+                                      first[(r.finding, r.quantity)], _tier_key(r.tier)))
+
+
+def _cell(x) -> str:
+    """Text safe inside a MyST table cell: Markdown punctuation escaped, no line breaks."""
+    text = " ".join(str(x).split())
+    return re.sub(r"([\\`*_\[\]<>|$~{}#])", r"\\\1", text)
+
+
+def _breakable(x) -> str:
+    """:func:`_cell` with a zero-width space after each '_' of a long word, so that a long
+    record or model name may wrap there (a table too wide for the page wraps every cell
+    word by word)."""
+    return re.sub(r"\S{15,}", lambda m: m.group().replace("\\_", "\\_\u200b"), _cell(x))
+
+
+def _show(x) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return _fmt(x)
+    if isinstance(x, (list, tuple)):
+        return " to ".join(map(_show, x))
+    return str(x)
+
+
+def criteria() -> str:
+    """The verdict rules as the page states them, from the same constants the code uses."""
+    return "\n".join([
+        "*Paper* is the paper's value, *here* the value measured in this build. "
+        "A row's **verdict** is decided by these rules, in this order:",
+        "",
+        f"1. **{NOT_COMPARABLE}**: the chapter marks the number as not comparable (its *comparable* "
+        "entry starts with \"no\"), nothing was measured, or the paper's value is neither a number, "
+        "a range nor a comparison.",
+        f"2. **{REPRODUCED}**: the measured value is within {REL_TOL * 100:g} % (relative) of an exact "
+        f"paper value; within {APPROX_REL_TOL * 100:g} % of an approximate one (\"\\~ x\", \"≈ x\"), where "
+        f"\"≈ 0\" means at most {APPROX_ZERO_ABS:g} from zero in the quantity's own unit; inside a "
+        "paper range; or on the right side of a paper bound (\"< x\", \"> x\", \"<= x\", \">= x\").",
+        f"3. **{NOT_REPRODUCED}**: every other row.",
+        "",
+        "Each verdict is followed by the test that row was given, in brackets.",
+    ])
+
+
+def page(results_root: Path, chapters: dict[str, str] | None = None) -> str:
+    """The scorecard's Markdown (MyST) for every built tier under ``results_root``.
+    ``chapters``: notebook name -> document path in the book (``notebooks/01_...``), in
+    chapter order; a notebook not in it is named without a link."""
+    chapters = chapters or {}
+    built, skipped = tiers(results_root)
+    found = rows(results_root, list(chapters))
+    lines = [criteria(), "", "## Tiers on this page", ""]
+    if not built:
+        lines.append("No tier was built: no numbers were recorded.")
+    for tier, runs in built.items():
+        modes = ", ".join(sorted({r.get("mode", "?") for r in runs}))
+        counts = {v: sum(r.verdict == v for r in found if r.tier == tier)
+                  for v in (REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE)}
+        chapters_run = f"{len(runs)} chapter" + ("s" if len(runs) != 1 else "")
+        lines.append(f"- **{tier}** ({modes} mode, {chapters_run}): "
+                     + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
+    for tier in skipped:
+        lines.append(f"- {_cell(tier)}: its build did not finish (no {_cell(STATUS_FILE)}), "
+                     "so it is left out.")
+    missing = [f for f in FINDINGS if f not in {r.finding for r in found}]
+    if missing:
+        lines += ["", f"No recorded number with a paper value for: {', '.join(missing)}."]
+    for finding in dict.fromkeys(r.finding for r in found):
+        title = f"## {finding}: {FINDINGS.get(finding, '')}".rstrip(": ")
+        lines += ["", title, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        for r in (r for r in found if r.finding == finding):
+            doc = chapters.get(r.notebook)
+            number = r.notebook.split("_")[0].lstrip("0") or r.notebook
+            link = f"{{doc}}`chapter {number} </{doc}>`" if doc else _cell(r.notebook)
+            texts = [f"*comparable:* {_breakable(r.comparable)}" if r.comparable else "",
+                     f"*data / rule:* {_breakable(r.note)}" if r.note else ""]
+            cells = [_breakable(r.quantity), r.tier, _breakable(r.model or ""), _cell(_show(r.paper)),
+                     _cell(_show(r.value)), f"**{r.verdict}** ({_cell(r.criterion)})", link,
+                     "; ".join(filter(None, texts))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
