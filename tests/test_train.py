@@ -194,3 +194,20 @@ def test_dense_objects_run_trains_and_logs(tmp_path):
     main(["--preset", "tiny_v2", "--out", str(tmp_path / "a"), "--objective", "dense_objects"])
     log = json.loads((tmp_path / "a" / "log.json").read_text())
     assert 0 <= log[-1]["patch_acc"] <= 1 and log[-1]["recon_mse"] > 0
+
+
+def test_parameter_groups_spare_norms_biases_and_tokens_from_decay():
+    from vitreg_lib.train import TrainConfig, param_groups
+
+    cfg = TrainConfig(depth=1, dim=16, heads=2, img_size=8, registers=2, layerscale=1e-4, no_decay_1d=True)
+    model = build_vit(cfg.arch(num_classes=3))
+    groups = param_groups(model, torch.nn.Linear(16, 48), cfg)
+    decayed, spared = ({id(p) for p in g["params"]} for g in groups)
+    names = dict((id(p), n) for n, p in model.named_parameters())
+    spared_names = {names[i] for i in spared if i in names}
+    assert {"cls_token", "reg_token", "pos_embed", "blocks.0.ls1.gamma", "blocks.0.norm1.weight",
+            "blocks.0.attn.qkv.bias"} <= spared_names
+    assert "blocks.0.attn.qkv.weight" in {names[i] for i in decayed if i in names}
+    assert groups[1]["weight_decay"] == 0.0 and len(decayed) + len(spared) == len(model.state_dict()) + 2
+    old = param_groups(model, None, TrainConfig())  # the bundled minis' recipe: one group
+    assert len(old) == 1 and len(old[0]["params"]) == len(list(model.parameters()))

@@ -117,6 +117,7 @@ class TrainConfig:
     lr: float = 1e-3
     schedule: str = "cosine"  # after linear warmup: cosine to 0, or constant
     weight_decay: float = 0.05
+    no_decay_1d: bool = False  # True: no weight decay on biases, norms, LayerScale, tokens, pos_embed
     beta2: float = 0.999
     eps: float = 1e-8
     warmup: int = 100
@@ -192,6 +193,21 @@ PRESETS: dict[str, TrainConfig] = {
                            max_object=0.4, trigger=0.3, task="count_trigger", max_objects=2,
                            checkpoint_every=0.0),
 }
+
+
+def param_groups(model: torch.nn.Module, recon: torch.nn.Module | None, cfg: TrainConfig) -> list[dict]:
+    """AdamW parameter groups. With ``no_decay_1d`` the usual ViT recipe (timm, DeiT,
+    DINOv2): no weight decay on biases, norm gains, LayerScale, the [CLS] / register
+    tokens and the position embedding; otherwise one group, every parameter decayed
+    (the bundled minis were trained so)."""
+    named = list(model.named_parameters()) + (
+        [(f"recon.{n}", p) for n, p in recon.named_parameters()] if recon is not None else [])
+    if not cfg.no_decay_1d:
+        return [{"params": [p for _, p in named]}]
+    skip = ("cls_token", "reg_token", "pos_embed")
+    no = [p for n, p in named if p.ndim <= 1 or n.split(".")[-1] in skip]
+    yes = [p for n, p in named if not (p.ndim <= 1 or n.split(".")[-1] in skip)]
+    return [{"params": yes}, {"params": no, "weight_decay": 0.0}]
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
@@ -393,8 +409,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
     recon = None
     if cfg.objective in ("dense_recon", "dense_both", "dense_objects"):
         recon = torch.nn.Linear(cfg.dim, cfg.patch * cfg.patch * 3).to(cfg.device)
-    params = list(model.parameters()) + (list(recon.parameters()) if recon is not None else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    opt = torch.optim.AdamW(param_groups(model, recon, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             betas=(0.9, cfg.beta2), eps=cfg.eps)
     gen = torch.Generator().manual_seed(cfg.seed)
     log, running, start, wall_before = [], [], 0, 0.0
