@@ -90,10 +90,56 @@ def run(names: list[str], jobs: int) -> None:
         p.wait()
 
 
+def _v2_row(name: str, preset: str, overrides: dict, hypothesis: str) -> str:
+    """One row of the v2 table, from the run's log (the last logged point)."""
+    from vitreg_lib.train import PRESETS, criterion, emergence
+
+    folder = HERE / "runs" / name
+    if not (folder / "log.json").is_file():
+        return f"| {name} | {hypothesis} | {overrides} | not run | | | | | | | |"
+    log = json.loads((folder / "log.json").read_text())
+    last = log[-1]
+    steps = json.loads((folder / "config.json").read_text())["train"]["steps"] if \
+        (folder / "config.json").is_file() else overrides.get("steps", PRESETS[preset].steps)
+    state = "finished" if (folder / "model.safetensors").is_file() else "not finished, resumable"
+    c = criterion(last)
+    metric = ("patch acc." if "patch_acc" in last else "val. acc.") + \
+        f" {100 * last.get('patch_acc', last['val_acc']):.1f} %"
+    top_sink = max(r["sink_attention"] for r in last["layers"])
+    emerged = emergence(log)
+    gap_bg = "—" if c["gap_background"] is None else f"{100 * c['gap_background']:.0f} %"
+    return (f"| {name} | {hypothesis} | {preset} + {overrides} | {last['images'] / 1e6:.2f} M "
+            f"({last['step']}/{steps} steps, {state}; {last['wall_s'] / 3600:.1f} core-h) | {metric} "
+            f"| block {c['layer']}, {c['site']} | {100 * c['gap_fraction']:.2f} | {gap_bg} "
+            f"| {100 * c['top1_background']:.0f} % vs {100 * c['background_share']:.0f} % "
+            f"| {c['max_over_median']:.1f} | {top_sink:.2f} "
+            f"| {'yes' if c['met'] else 'no'}{'' if emerged is None else f', from {emerged:.2f}'} |")
+
+
 def report() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vitreg_lib.plotting import lab_curves
+
+    v2 = {n: e for n, e in EXPERIMENTS.items() if n.startswith("v2")}
+    rows2 = ["| experiment | hypothesis | recipe | images so far | task | best block, site | gap % "
+             "| gap patches on background | top-1 % norms on background vs background's share "
+             "| max / median | top sink attention | criterion met |", "|" + "---|" * 12]
+    figures = []
+    (HERE / "figures").mkdir(exist_ok=True)
+    for name, (preset, overrides, hypothesis) in v2.items():
+        rows2.append(_v2_row(name, preset, overrides, hypothesis))
+        log_file = HERE / "runs" / name / "log.json"
+        if log_file.is_file():
+            fig = lab_curves(json.loads(log_file.read_text()), caption=f"{name}: {preset} + {overrides}")
+            fig.savefig(HERE / "figures" / f"{name}.png", dpi=72)
+            figures.append(f"```{{figure}} figures/{name}.png\n:width: 100%\n\n{name}: {hypothesis}\n```")
     rows = ["| experiment | hypothesis | overrides | val acc | best layer | outlier % (gap rule) "
             "| max/median norm | emerged at | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for name, (preset, overrides, hypothesis) in EXPERIMENTS.items():
+        if name in v2:
+            continue
         log_file = HERE / "runs" / name / "log.json"
         if not log_file.is_file():
             rows.append(f"| {name} | {hypothesis} | {overrides} | not run | | | | | |")
@@ -107,8 +153,13 @@ def report() -> None:
                     f"| {verdict} |")
     text = (HERE / "RESULTS.md").read_text() if (HERE / "RESULTS.md").is_file() else ""
     head = text.split("<!-- table -->")[0] if "<!-- table -->" in text else "# Mini-lab experiments\n\n"
-    (HERE / "RESULTS.md").write_text(head + "<!-- table -->\n" + "\n".join(rows) + "\n")
-    print("\n".join(rows))
+    v2_head, v1_head = head.split("<!-- v2 table -->") if "<!-- v2 table -->" in head else (head, "")
+    v1_head = v1_head.split("<!-- v2 end -->")[-1]
+    v2_part = ("<!-- v2 table -->\n" + "\n".join(rows2) + "\n\n" + "\n\n".join(figures)
+               + "\n<!-- v2 end -->")
+    v1_table = "<!-- table -->\n" + "\n".join(rows) + "\n"
+    (HERE / "RESULTS.md").write_text(v2_head + v2_part + v1_head + v1_table)
+    print("\n".join(rows2 + rows))
 
 
 def status(names: list[str]) -> None:

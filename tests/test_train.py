@@ -211,3 +211,41 @@ def test_parameter_groups_spare_norms_biases_and_tokens_from_decay():
     assert groups[1]["weight_decay"] == 0.0 and len(decayed) + len(spared) == len(model.state_dict()) + 2
     old = param_groups(model, None, TrainConfig())  # the bundled minis' recipe: one group
     assert len(old) == 1 and len(old[0]["params"]) == len(list(model.parameters()))
+
+
+def test_criterion_needs_a_gap_a_minority_and_background():
+    from vitreg_lib.train import criterion, emergence
+
+    def row(layer, gap, gap_bg, share=0.9, mx=10.0):
+        r = dict(layer=layer, background_share=share)
+        for pre in ("", "attn_"):
+            r.update({pre + "median": 1.0, pre + "max": mx, pre + "gap_fraction": 0.0,
+                      pre + "gap_background": None, pre + "top1_background": 0.5, pre + "kurtosis": 0.0})
+        r.update(gap_fraction=gap, gap_background=gap_bg)
+        return r
+
+    good = dict(fraction=1.0, layers=[row(0, 0.0, None), row(1, 0.01, 0.97)])
+    c = criterion(good)
+    assert c["met"] and (c["layer"], c["site"]) == (1, "block")
+    assert not criterion(dict(layers=[row(1, 0.01, 0.85)]))["met"]  # below background's 90 %
+    assert not criterion(dict(layers=[row(1, 0.3, 1.0)]))["met"]  # too many: a mode, not outliers
+    assert not criterion(dict(layers=[row(1, 0.001, 1.0)]))["met"]  # too few
+    assert not criterion(dict(layers=[row(1, 0.01, 0.4, share=0.3)]))["met"]  # mostly on objects
+    bad = dict(fraction=0.5, layers=[row(1, 0.0, None)])
+    log = [dict(good, fraction=0.25), bad, dict(good, fraction=0.75), good]
+    assert emergence(log) == 0.75 and emergence(log[:2]) is None
+    old = dict(layers=[dict(layer=0, median=1.0, max=2.0, gap_fraction=0.0)])  # a bundled v1 log
+    assert criterion(old)["met"] is None
+
+
+def test_lab_curves_draws_a_v2_log(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vitreg_lib.plotting import lab_curves
+
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "a")])
+    fig = lab_curves(json.loads((tmp_path / "a" / "log.json").read_text()), caption="tiny_v2")
+    axes = fig.get_axes()
+    assert len(axes) == 4 and fig._suptitle.get_text() == "tiny_v2"
+    assert len(axes[0].get_lines()) == 2 * PRESETS["tiny_v2"].depth  # two sites per block

@@ -142,6 +142,8 @@ def stage(out: Path, runs: list[dict]) -> Path:
     shutil.copytree(ROOT / "book", st / "book")
     (st / "experiments").mkdir()
     shutil.copy(ROOT / "experiments" / "RESULTS.md", st / "experiments" / "RESULTS.md")
+    if (ROOT / "experiments" / "figures").is_dir():  # the mini-lab's training curves
+        shutil.copytree(ROOT / "experiments" / "figures", st / "experiments" / "figures")
     for nb in notebooks():
         (st / nb).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(out / "executed" / nb, st / nb)

@@ -340,3 +340,37 @@ def corloc_bars(table: pd.DataFrame, caption: str, paper: Mapping[str, float] | 
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def lab_curves(log: list[dict], caption: str) -> plt.Figure:
+    """A mini-lab v2 training log (:mod:`vitreg_lib.train`) against images seen, one line
+    per block: max / median patch norm after the MLP (solid) and after the attention
+    (dotted); the share of the top-1 % norm patches on background, beside background's
+    share of all patches (black, dashed); the attention the most-attended token receives;
+    and the task metric."""
+    images = np.array([e["images"] for e in log]) / 1e6
+    depth = len(log[0]["layers"])
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6), layout="constrained")
+    (a1, a2), (a3, a4) = axes
+    for layer in range(depth):
+        rows = [e["layers"][layer] for e in log]
+        c = f"C{layer}"
+        a1.plot(images, [r["max_over_median"] for r in rows], color=c, label=f"block {layer}")
+        a1.plot(images, [r["attn_max_over_median"] for r in rows], color=c, ls=":")
+        a2.plot(images, [100 * r["top1_background"] for r in rows], color=c)
+        a3.plot(images, [r["sink_attention"] for r in rows], color=c)
+    a2.plot(images, [100 * e["layers"][0]["background_share"] for e in log], color="k", ls="--",
+            label="background's share of all patches")
+    metric = "patch_acc" if "patch_acc" in log[-1] else "val_acc"
+    a4.plot(images, [100 * e[metric] for e in log], color="k")
+    a1.set_ylabel("max / median patch norm")
+    a2.set_ylabel("top-1 % norms on background (%)")
+    a3.set_ylabel("attention to the most-attended token")
+    a4.set_ylabel(("patch" if metric == "patch_acc" else "image") + " accuracy, validation (%)")
+    a1.legend(fontsize=7, ncol=2, title="solid: after MLP · dotted: after attention", title_fontsize=7)
+    a2.legend(fontsize=7)
+    a2.set_ylim(0, 100)
+    for ax in axes.ravel():
+        ax.set_xlabel("images seen (millions)")
+    fig.suptitle(caption, fontsize=9)
+    return fig

@@ -576,6 +576,52 @@ def summarize_log(log: list[dict], min_fraction: float = 0.002) -> dict:
                 emerged_at=emerged_at)
 
 
+#: the mini-lab's success criterion (issues 3 and 9): a high mode above an empty
+#: histogram gap holding this share of the patches ...
+CRITERION_SHARE = (0.002, 0.10)
+
+
+def criterion(entry: dict) -> dict:
+    """Does one logged point meet the mini-lab's criterion? In some block, at either
+    site (after attention, ``attn``; after the MLP, ``block``), the patch norms have a
+    histogram gap with 0.2-10 % of the patches above it, most of those on background
+    and more often than background's share of all patches.
+
+    Returns the best (block, site) — the one that meets the criterion, else the one with
+    the largest gap share, else the largest max/median — with its numbers and ``met``.
+    Needs a v2 log (background shares); an older log has ``met=None``."""
+    lo, hi = CRITERION_SHARE
+    cands = []
+    for r in entry["layers"]:
+        for site, pre in (("block", ""), ("attn", "attn_")):
+            if pre + "median" not in r:
+                continue
+            gap, bg = r[pre + "gap_fraction"], r.get(pre + "gap_background")
+            share = r.get("background_share")
+            met = None if share is None else bool(lo <= gap <= hi and bg is not None and bg > 0.5
+                                                  and bg > share)
+            cands.append(dict(layer=r["layer"], site=site, gap_fraction=gap, gap_background=bg,
+                              background_share=share, top1_background=r.get(pre + "top1_background"),
+                              max_over_median=r[pre + "max"] / r[pre + "median"],
+                              kurtosis=r.get(pre + "kurtosis"), met=met))
+    if not cands:
+        raise ValueError("This log entry has no per-layer norm statistics.")
+    return max(cands, key=lambda c: (bool(c["met"]), lo <= c["gap_fraction"] <= hi, c["gap_fraction"],
+                                     c["max_over_median"]))
+
+
+def emergence(log: list[dict]) -> float | None:
+    """The first logged fraction of training from which every later point meets
+    :func:`criterion`; ``None`` if the last one does not."""
+    start = None
+    for entry in log:
+        if criterion(entry)["met"]:
+            start = entry["fraction"] if start is None else start
+        else:
+            start = None
+    return start
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), help="the recipe (not with --resume)")
