@@ -62,6 +62,12 @@ EXPERIMENTS = {
                          "(b) no-op: every patch must also say whether a rare trigger cross is "
                          "present (30 % of scenes); the head that finds it must do nothing in the "
                          "other 70 %, which needs a sink"),
+    "v2a_recon20": ("lab_v2", dict(cls_token=False, objective="dense_both", recon_weight=20.0),
+                    "(a') as (a) with the pixel reconstruction weighted 20x: at 0.16 M images (a) had "
+                    "single-token attention hubs (one token receives 0.5-0.99 of every query's "
+                    "attention) on object-edge patches; if each patch's own pixels are costlier to "
+                    "lose, the hubs should move to background patches, whose pixels are trivial, and a "
+                    "background hub can only be found through a distinctive, high-norm vector"),
 }
 
 

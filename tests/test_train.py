@@ -249,3 +249,26 @@ def test_lab_curves_draws_a_v2_log(tmp_path):
     axes = fig.get_axes()
     assert len(axes) == 4 and fig._suptitle.get_text() == "tiny_v2"
     assert len(axes[0].get_lines()) == 2 * PRESETS["tiny_v2"].depth  # two sites per block
+
+
+def test_sigterm_checkpoints_and_stops_so_the_run_resumes_bit_for_bit(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--preset", "tiny_v2", "--steps", "400", "--log_points", "3", "--checkpoint_every", "1e9"]
+    main(args + ["--out", str(tmp_path / "whole")])
+    proc = subprocess.Popen([sys.executable, "-m", "vitreg_lib.train", *args, "--out", str(tmp_path / "cut")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "cut" / "log.json"
+    deadline = time.time() + 120
+    while not log.is_file() and time.time() < deadline:  # the first log point: training has begun
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped at step" in out and "signal" in out, out[-2000:]
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    main(["--resume", "--out", str(tmp_path / "cut")])
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -15,9 +15,10 @@ config, final validation metrics, wall time, hardware, the command), ``log.json`
 training, plus loss and validation metrics), ``snapshots/step_XXXXXX.safetensors`` for
 the fractions of training listed in ``snapshots``, and ``checkpoint.pt``.
 
-**Resuming.** Every ``checkpoint_every`` seconds (and when the run ends or reaches
-``--until``) the run writes ``checkpoint.pt``: model, heads, optimiser, step, the data
-sampler's and PyTorch's random state, the log so far and the running loss. It is
+**Resuming.** Every ``checkpoint_every`` seconds (and when the run ends, reaches
+``--until`` or receives SIGTERM / SIGINT, e.g. ``kill PID`` or Ctrl-C) the run writes
+``checkpoint.pt``: model, heads, optimiser, step, the data sampler's and PyTorch's
+random state, the log so far and the running loss. It is
 written to a temporary file and renamed, so a run killed while writing keeps the
 previous one. ``--resume`` continues from it and gives the same weights and the same
 log (timing fields aside) as a run that was never stopped. A resumed run may change
@@ -350,6 +351,30 @@ def _hardware(cfg: TrainConfig) -> str:
     return f"{where}, torch {torch.__version__}"
 
 
+class _StopRequest:
+    """SIGTERM / SIGINT while training: finish the step, checkpoint, stop (resumable)."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame):
+        self.requested = signum
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -438,13 +463,16 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
 
     t0 = time.time()
     last_ckpt = t0
+    stop = _StopRequest()
     log_at = sorted({round(i * cfg.steps / (cfg.log_points - 1)) for i in range(cfg.log_points)})
     snap_at = {max(1, round(f * cfg.steps)) for f in cfg.snapshots}
     tick, tick_step = time.time(), start
     for step in range(start, cfg.steps + 1):
-        if until is not None and step >= until and step < cfg.steps:
+        if (until is not None and step >= until or stop.requested) and step < cfg.steps:
             checkpoint(step)
-            print(f"stopped at step {step} (until={until}); resume with --resume", flush=True)
+            why = f"until={until}" if until is not None and step >= until else f"signal {stop.requested}"
+            print(f"stopped at step {step} ({why}); resume with --resume", flush=True)
+            stop.restore()
             return None
         if step in log_at:
             now = time.time()
@@ -498,6 +526,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
         opt.step()
         running.append(loss.item())
 
+    stop.restore()
     wall = wall_before + time.time() - t0
     checkpoint(cfg.steps)
     model.cpu()
