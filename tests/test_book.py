@@ -81,6 +81,7 @@ def test_book_pages_show_figures_and_links(built):
     assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", ch1)) >= 5
     assert "Paper vs here" in ch1 and "google.colab" not in ch1  # setup cell hidden
     intro = (html / "book" / "intro.html").read_text()
+    assert "come from the <strong>mini</strong> tier" in intro  # the build says where its figures come from
     assert build_book.colab_url("notebooks/01_high_norm_tokens.ipynb") in intro
     status = (html / "book" / "status.html").read_text()
     assert "notebooks/01_high_norm_tokens.ipynb" in status
@@ -336,3 +337,10 @@ def test_chapter7_corloc_is_what_the_library_measures(built):
     assert entry["comparable"].startswith("no")
     html = (built / "_build" / "html" / "notebooks" / "07_object_discovery.html").read_text()
     assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", html)) >= 3 and "Paper vs here" in html
+
+
+def test_the_intro_note_follows_the_tier():
+    assert "**mini** tier" in build_book.tier_note(["mini"])
+    note = build_book.tier_note(["pretrained"])
+    assert "**pretrained** tier" in note and "scorecard" in note and "mini" not in note
+    assert note.startswith("```{important}") and note.endswith("```")

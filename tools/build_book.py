@@ -130,6 +130,29 @@ def status_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+TIER_NOTES = {
+    "mini": (
+        "The figures in this build come from the **mini** tier, not from the paper's models. "
+        "The mini models are small and briefly trained, and so far they show no high-norm tokens. "
+        "The mini-lab's search for a recipe that makes them emerge is logged, failures included, "
+        "on the {doc}`mini-lab page </experiments/RESULTS>`. Read the mini-tier figures as a "
+        "demonstration of the method, not as a check of the paper's numbers. To get the paper's "
+        "models, run a chapter on the pretrained tier."),
+    "pretrained": (
+        "The figures in this build come from the **pretrained** tier: the paper's model families "
+        "(DINOv2, DeiT-III, OpenCLIP), downloaded from the Hugging Face hub, on public images "
+        "(scikit-image's photos, CIFAR-10, VOC07), which are not always the paper's data: every "
+        "recorded number names its model and data, and the {doc}`scorecard <scorecard>` says "
+        "which can be compared with the paper."),
+}
+
+
+def tier_note(tiers: list[str]) -> str:
+    """The intro's note on where this build's figures come from."""
+    body = " ".join(TIER_NOTES[t] for t in tiers)
+    return f"```{{important}}\n{body}\n```"
+
+
 def stage(out: Path, runs: list[dict]) -> Path:
     st = out / "stage"
     if st.exists():
@@ -148,7 +171,9 @@ def stage(out: Path, runs: list[dict]) -> Path:
         (st / nb).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(out / "executed" / nb, st / nb)
     intro = st / "book" / "intro.md"
-    intro.write_text(intro.read_text().replace("<!-- chapter-links -->", chapter_table()))
+    tiers = sorted({r["tier"] for r in runs})
+    intro.write_text(intro.read_text().replace("<!-- chapter-links -->", chapter_table())
+                     .replace("<!-- tier-note -->", tier_note(tiers)))
     status = st / "book" / "status.md"
     status.write_text(status.read_text().replace("<!-- status-table -->", status_table(runs)))
     card = st / "book" / "scorecard.md"
