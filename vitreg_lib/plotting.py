@@ -103,16 +103,23 @@ def _finish(g: sns.FacetGrid, caption: str, legend: Mapping[str, object] | None 
         below = p + ncol
         ax.set_xlabel(xlabel if below >= len(order) or order[below].startswith(_PAD) else "")
         ax.set_ylabel(ylabel if p % ncol == 0 else "")
+    title_lines = max(ax.get_title().count("\n") for ax in g.figure.axes)
+    g.figure.set_figheight(g.figure.get_figheight() + 0.2 * title_lines * math.ceil(len(order) / ncol))
     return _caption(g.figure, caption, legend)
 
 
 def _caption(fig: plt.Figure, caption: str, legend: Mapping[str, object] | None = None) -> plt.Figure:
+    """Caption on top, legend below; the figure grows by their height, so that they do
+    not squeeze the panels."""
     fig.set_layout_engine("constrained")
+    size, extra = 11, 0.1
     if legend:
         fig.legend(list(legend.values()), list(legend), loc="outside lower center", frameon=False,
                    ncol=min(len(legend), 4))
-    size = 11
-    fig.suptitle(_wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * size))), fontsize=size)
+        extra += 0.3 * math.ceil(len(legend) / 4)
+    title = _wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * size)))
+    fig.suptitle(title, fontsize=size)
+    fig.set_figheight(fig.get_figheight() + extra + 0.22 * (title.count("\n") + 1))
     return fig
 
 
@@ -265,7 +272,7 @@ def norm_view(image: Image.Image, norm_map: np.ndarray, layer_norms: np.ndarray,
               threshold: float, caption: str) -> plt.Figure:
     """One image, its patch-norm map, and the histogram of all patch norms of the layer
     (over every image analysed) with the rule's threshold — the explorer's view."""
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.1))
+    fig, axes = plt.subplots(1, 3, figsize=(WIDTH, 2.6))
     _show_image(axes[0], _square(image.convert("RGB")))
     h = axes[1].imshow(norm_map, cmap="viridis", vmin=0)
     axes[1].set_xticks([])
@@ -277,7 +284,8 @@ def norm_view(image: Image.Image, norm_map: np.ndarray, layer_norms: np.ndarray,
         axes[2].axvline(threshold, color="tab:red", ls="--", lw=1, label="threshold")
         axes[2].legend(fontsize=7)
     axes[2].set_xlabel("patch norm (all images)")
-    fig.suptitle(caption, fontsize=9)
+    axes[2].set_ylabel("patches (log count)")
+    fig.suptitle(_wrap(caption, int(WIDTH * 72 / (0.55 * 9))), fontsize=9)
     fig.tight_layout()
     return fig
 
