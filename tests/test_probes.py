@@ -156,9 +156,9 @@ def test_pivot_one_row_per_quantity_one_column_per_model():
 
     def rows(model, outlier_value, registers):
         out = [ProbeResult("position", "normal", "top-1 accuracy (%)", 41.7, 38.21, 45.0, 900, 30),
+               ProbeResult("position", "normal", "mean distance (patches)", 0.79, 0.7123, 0.874, 900, 30),
                ProbeResult("position", "outlier", "top-1 accuracy (%)", *outlier_value, 12 if
                            outlier_value[0] is None else 60, 9),
-               ProbeResult("position", "normal", "mean distance (patches)", 0.79, 0.7123, 0.874, 900, 30),
                ProbeResult("global", "cls", "accuracy (%)", 86.0, 80.0, 91.5, 30, 30)]
         out += [ProbeResult("global", f"register {r}", "accuracy (%)", None, None, None, 5, 5, "too few")
                 for r in range(registers)]
@@ -168,7 +168,7 @@ def test_pivot_one_row_per_quantity_one_column_per_model():
     table = pivot(frame)
     assert list(table.columns) == ["plain", "reg"] and "95 % interval" in table.columns.name
     assert list(table.index) == [("position", "top-1 accuracy (%)", "normal"),
-                                 ("position", "top-1 accuracy (%)", "outlier"),
+                                 ("position", "top-1 accuracy (%)", "outlier"),  # grouped by quantity
                                  ("position", "mean distance (patches)", "normal"),
                                  ("global", "accuracy (%)", "cls"),
                                  ("global", "accuracy (%)", "register 0")]

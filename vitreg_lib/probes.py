@@ -152,7 +152,8 @@ def pivot(frame: pd.DataFrame) -> pd.DataFrame:
     column per model, each cell the value with its 95 % interval as text (see
     :func:`estimate`). A group too small to measure reads ``n/a (too few tokens: n)``
     (``images`` for the global probe, which takes one token per image); a group a model
-    does not have reads :data:`NO_GROUP`. Rows and columns keep the order of ``frame``."""
+    does not have reads :data:`NO_GROUP`. Rows and columns keep the order of ``frame``,
+    except that the groups of one (probe, metric) are put together."""
     def cell(r) -> str:
         if r.value is None or pd.isna(r.value):
             unit, count = ("images", r.images) if r.probe == "global" else ("tokens", r.tokens)
@@ -162,6 +163,8 @@ def pivot(frame: pd.DataFrame) -> pd.DataFrame:
     keys = ["probe", "metric", "group"]
     cells = frame.assign(cell=[cell(r) for r in frame.itertuples()])
     rows = list(dict.fromkeys(zip(*(cells[k] for k in keys))))
+    quantities = list(dict.fromkeys(r[:2] for r in rows))
+    rows.sort(key=lambda r: quantities.index(r[:2]))  # the groups of one quantity together
     models = list(dict.fromkeys(cells["model"]))
     table = cells.pivot(index=keys, columns="model", values="cell")
     table = table.reindex(index=pd.MultiIndex.from_tuples(rows, names=keys), columns=models).fillna(NO_GROUP)
