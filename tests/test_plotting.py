@@ -62,7 +62,12 @@ def test_models_across_wraps_five_models_three_and_two():
     norms = {f"m{r}": {5: np.arange(20.0)} for r in range(5)}
     fig = plotting.layer_histograms(norms, {}, caption="t", models_across=True)
     assert [len(r) for r in rows_of(fig.axes)] == [3, 2]
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == [f"m{r}" for r in range(5)]  # no threshold
+    fig.canvas.draw()
+    texts = fig.legends[0].get_texts()
+    boxes = [t.get_window_extent() for t in texts]
+    reading = sorted(range(len(texts)), key=lambda i: (-round(boxes[i].y0), boxes[i].x0))
+    assert [texts[i].get_text() for i in reading] == [f"m{r}" for r in range(5)]  # row by row, no threshold
+    assert len({round(b.y0) for b in boxes}) == 2
 
 
 def test_probe_bars_intervals_sit_on_their_bars_and_unmeasured_groups_say_na():

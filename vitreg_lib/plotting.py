@@ -114,9 +114,14 @@ def _caption(fig: plt.Figure, caption: str, legend: Mapping[str, object] | None 
     fig.set_layout_engine("constrained")
     size, extra = 11, 0.1
     if legend:
-        fig.legend(list(legend.values()), list(legend), loc="outside lower center", frameon=False,
-                   ncol=min(len(legend), 4))
-        extra += 0.3 * math.ceil(len(legend) / 4)
+        ncol = panels_per_row(len(legend))
+        # matplotlib fills a legend column by column; this order reads row by row
+        big = len(legend) % ncol or ncol
+        order = [row * ncol + col for col in range(ncol)
+                 for row in range(math.ceil(len(legend) / ncol) - (col >= big))]
+        labels = [list(legend)[i] for i in order]
+        fig.legend([legend[k] for k in labels], labels, loc="outside lower center", frameon=False, ncol=ncol)
+        extra += 0.3 * math.ceil(len(legend) / ncol)
     title = _wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * size)))
     fig.suptitle(title, fontsize=size)
     fig.set_figheight(fig.get_figheight() + extra + 0.22 * (title.count("\n") + 1))
@@ -189,7 +194,7 @@ def map_grid(images: Sequence[Image.Image], maps: Mapping[str, np.ndarray], capt
         name(axes[at(0, j)], title)
         fig.colorbar(h, ax=[axes[at(i, j)] for i in range(n)], shrink=0.5 if n > 1 or not turned else 0.8,
                      label=colorbar_label)
-    fig.suptitle(caption, fontsize=9)
+    fig.suptitle(_wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * 9))), fontsize=9)
     return fig
 
 
@@ -351,7 +356,7 @@ def probe_bars(frame: pd.DataFrame, caption: str) -> plt.Figure:
     colours = palette(models)
     most = max(frame[(frame["probe"] == p) & (frame["metric"] == m)]["group"].nunique() for p, m in keys)
     g = _facets([f"{p}: {m}" for p, m in keys], aspect=1.0,
-                max_panel=max(3.0, 0.45 * most * len(models) + 1.0), sharex=False, sharey=False)
+                max_panel=max(4.0, 0.45 * most * len(models) + 1.0), sharex=False, sharey=False)
     width = 0.8 / len(models)
     missing = False
     for probe, metric in keys:
@@ -439,7 +444,7 @@ def neuron_scores(scores: np.ndarray, neurons: Sequence[tuple[int, int]], captio
     ax.set_ylabel("mean |activation| at outliers")
     ax.set_xticks(range(scores.shape[0]))
     ax.legend(fontsize=7)
-    fig.suptitle(caption, fontsize=9)
+    fig.suptitle(_wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * 9))), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -495,7 +500,7 @@ def discovery_grid(images: Sequence[Image.Image], results: Mapping[str, object],
                     fig.colorbar(h, ax=axes[:, j].tolist(), shrink=0.5, label="patch norm")
             if i == 0:
                 ax.set_title(name, fontsize=9)
-    fig.suptitle(caption, fontsize=9)
+    fig.suptitle(_wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * 9))), fontsize=9)
     return fig
 
 
