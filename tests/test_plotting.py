@@ -53,6 +53,7 @@ def test_layer_histograms_wrap_each_model_onto_its_own_rows():
         ["a · layer 0", "a · layer 1", "a · layer 2"], ["a · layer 3", "a · layer 4", "a · layer 5"],
         ["b · layer 0", "b · layer 1", "b · layer 2"], ["b · layer 3", "b · layer 4", "b · layer 5"]]
     assert all(ax.get_yscale() == "log" for ax in fig.axes)
+    assert fig._supylabel.get_text() == "patches (log count)"  # once for the figure, not per row
     lines = {ax.get_title(): [ln.get_xdata()[0] for ln in ax.get_lines()] for ax in fig.axes}
     assert lines["a · layer 4"] == [14.0] and lines["a · layer 3"] == [] and lines["b · layer 4"] == []
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "the rule's threshold"]

@@ -7,7 +7,8 @@ Two kinds of figure:
   intervals) are seaborn figures on a :class:`seaborn.FacetGrid`: one panel per model,
   layer or quantity, at most :data:`MAX_COLS` panels a row (more wrap into balanced
   rows), one palette and one legend (below the panels) per figure. Each panel names its
-  quantity in its title, so no text has to be read sideways.
+  quantity in its title, so no text has to be read sideways. (:func:`corloc_bars` has
+  one panel and draws it with seaborn directly.)
 * **Image grids** (:func:`map_grid`, :func:`discovery_grid`) are plain matplotlib.
 
 Sizes are chosen for the book's content column, about 800 px: :data:`WIDTH` inches at
@@ -90,8 +91,8 @@ def _facets(order: list[str], ncol: int | None = None, aspect: float = 1.4, max_
 
 def _finish(g: sns.FacetGrid, caption: str, legend: Mapping[str, object] | None = None,
             xlabel: str = "", ylabel: str = "") -> plt.Figure:
-    """Empty the padding slots, label the outer axes, put one legend below the panels
-    and the caption on top."""
+    """Empty the padding slots, label the x axes of the lowest panels and the figure's
+    y axis once, put one legend below the panels and the caption on top."""
     order = list(g.col_names)
     ncol = g.panels_per_row
     xlabel = _wrap(xlabel, int(g.figure.get_figwidth() / ncol * 72 / 6)) if xlabel else ""
@@ -102,7 +103,9 @@ def _finish(g: sns.FacetGrid, caption: str, legend: Mapping[str, object] | None 
             continue
         below = p + ncol
         ax.set_xlabel(xlabel if below >= len(order) or order[below].startswith(_PAD) else "")
-        ax.set_ylabel(ylabel if p % ncol == 0 else "")
+        ax.set_ylabel("")
+    if ylabel:
+        g.figure.supylabel(ylabel, fontsize=plt.rcParams["axes.labelsize"])
     title_lines = max(ax.get_title().count("\n") for ax in g.figure.axes)
     g.figure.set_figheight(g.figure.get_figheight() + 0.2 * title_lines * math.ceil(len(order) / ncol))
     return _caption(g.figure, caption, legend)
@@ -221,7 +224,7 @@ def layer_histograms(norms: Mapping[str, Mapping[int, np.ndarray]],
             order.append(f"{m} · layer {layer}")
         order += [f"{_PAD}{len(order) + p}" for p in range(-len(block) % ncol)]  # next block: new row
     colours = palette(models)
-    g = _facets(order, ncol=ncol, aspect=1.35, sharex=False, sharey=False)
+    g = _facets(order, ncol=ncol, aspect=1.2, sharex=False, sharey=False)
     drawn = False
     for name, (m, layer) in where.items():
         ax = g.axes_dict[name]
