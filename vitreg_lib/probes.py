@@ -168,7 +168,7 @@ def pivot(frame: pd.DataFrame) -> pd.DataFrame:
     models = list(dict.fromkeys(cells["model"]))
     table = cells.pivot(index=keys, columns="model", values="cell")
     table = table.reindex(index=pd.MultiIndex.from_tuples(rows, names=keys), columns=models).fillna(NO_GROUP)
-    table.columns.name = "model: value [95 % interval]"
+    table.columns.name = "model"
     return table
 
 
