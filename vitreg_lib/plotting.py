@@ -195,8 +195,7 @@ def map_grid(images: Sequence[Image.Image], maps: Mapping[str, np.ndarray], capt
             ax.set_xticks([])
             ax.set_yticks([])
         name(axes[at(0, j)], title)
-        fig.colorbar(h, ax=[axes[at(i, j)] for i in range(n)], shrink=0.5 if n > 1 or not turned else 0.8,
-                     label=colorbar_label)
+        fig.colorbar(h, ax=[axes[at(i, j)] for i in range(n)], shrink=0.5, label=colorbar_label)
     fig.suptitle(_wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * 9))), fontsize=9)
     return fig
 
@@ -289,7 +288,7 @@ def norm_view(image: Image.Image, norm_map: np.ndarray, layer_norms: np.ndarray,
     axes[2].hist(np.ravel(layer_norms), bins=60)
     axes[2].set_yscale("log")
     if np.isfinite(threshold):
-        axes[2].axvline(threshold, color="tab:red", ls="--", lw=1, label="threshold")
+        axes[2].axvline(threshold, color=THRESHOLD, ls="--", lw=1, label="threshold")
         axes[2].legend(fontsize=7)
     axes[2].set_xlabel("patch norm (all images)")
     axes[2].set_ylabel("patches (log count)")
@@ -330,10 +329,10 @@ def training_curves(table: pd.DataFrame, caption: str, paper_fraction: float | N
 def densities(groups: Mapping[str, Mapping[str, np.ndarray]], xlabel: str, caption: str) -> plt.Figure:
     """One panel per model: normalised histograms (density) of a value for each token
     group (e.g. normal vs outlier); the panel's title gives each group's token count."""
-    names = list(dict.fromkeys(g for by_group in groups.values() for g in by_group))
+    names = list(dict.fromkeys(group for by_group in groups.values() for group in by_group))
     colours = palette(names)
-    titles = {model: model + "\n" + " · ".join(f"{g}: {np.size(v):,}" if np.size(v) else f"{g}: none"
-                                               for g, v in by_group.items())
+    titles = {model: model + "\n" + " · ".join(f"{group}: {np.size(v):,}" if np.size(v) else f"{group}: none"
+                                               for group, v in by_group.items())
               for model, by_group in groups.items()}
     g = _facets(list(titles.values()), aspect=1.3, max_panel=WIDTH / 2, sharey=False)
     for model, by_group in groups.items():
