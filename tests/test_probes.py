@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -148,3 +149,41 @@ def test_paper_reference_keys_match_probe_results():
         {"cls": (x[:, 0], np.arange(40)), **pick_tokens(x, mask)}, labels, 40, min_tokens=5)}
     assert keys == set(ref)
     assert ref[("position", "top-1 accuracy (%)", "outlier")] == 22.8
+
+
+def test_pivot_one_row_per_quantity_one_column_per_model():
+    from vitreg_lib.probes import NO_GROUP, ProbeResult, pivot, to_frame
+
+    def rows(model, outlier_value, registers):
+        out = [ProbeResult("position", "normal", "top-1 accuracy (%)", 41.7, 38.21, 45.0, 900, 30),
+               ProbeResult("position", "normal", "mean distance (patches)", 0.79, 0.7123, 0.874, 900, 30),
+               ProbeResult("position", "outlier", "top-1 accuracy (%)", *outlier_value, 12 if
+                           outlier_value[0] is None else 60, 9),
+               ProbeResult("global", "cls", "accuracy (%)", 86.0, 80.0, 91.5, 30, 30)]
+        out += [ProbeResult("global", f"register {r}", "accuracy (%)", None, None, None, 5, 5, "too few")
+                for r in range(registers)]
+        return to_frame(out).assign(model=model)
+
+    frame = pd.concat([rows("plain", (22.8, 15.0, 30.31), 0), rows("reg", (None, None, None), 1)])
+    table = pivot(frame)
+    assert list(table.columns) == ["plain", "reg"] and table.columns.name == "model"
+    assert list(table.index) == [("position", "top-1 accuracy (%)", "normal"),
+                                 ("position", "top-1 accuracy (%)", "outlier"),  # grouped by quantity
+                                 ("position", "mean distance (patches)", "normal"),
+                                 ("global", "accuracy (%)", "cls"),
+                                 ("global", "accuracy (%)", "register 0")]
+    assert table.loc[("position", "top-1 accuracy (%)", "normal"), "plain"] == "41.7 [38.2, 45.0]"
+    assert table.loc[("position", "top-1 accuracy (%)", "outlier"), "plain"] == "22.8 [15.0, 30.3]"
+    assert table.loc[("position", "top-1 accuracy (%)", "outlier"), "reg"] == "n/a (too few tokens: 12)"
+    assert table.loc[("position", "mean distance (patches)", "normal"), "reg"] == "0.790 [0.712, 0.874]"
+    assert table.loc[("global", "accuracy (%)", "register 0"), "reg"] == "n/a (too few images: 5)"
+    assert table.loc[("global", "accuracy (%)", "register 0"), "plain"] == NO_GROUP  # no registers
+
+
+def test_estimate_keeps_three_significant_digits():
+    from vitreg_lib.probes import estimate
+
+    assert estimate(123.456, 100.0, 150.0) == "123 [100, 150]"
+    assert estimate(0.0123, 0.01, 0.015) == "0.0123 [0.0100, 0.0150]"
+    assert estimate(0.0, 0.0, 0.0) == "0.0 [0.0, 0.0]"
+    assert estimate(5.0, None, None) == "5.00"

@@ -1,15 +1,145 @@
 """Figures, drawn from data the analyses return. Every figure takes a ``caption`` that
 says which model(s), data, layer and rule produced it; it becomes the figure's title.
+
+Two kinds of figure:
+
+* **Statistical figures** (norm histograms, densities, per-layer curves, bars with
+  intervals) are seaborn figures on a :class:`seaborn.FacetGrid`: one panel per model,
+  layer or quantity, at most :data:`MAX_COLS` panels a row (more wrap into balanced
+  rows), one palette and one legend (below the panels) per figure. Each panel names its
+  quantity in its title, so no text has to be read sideways. (:func:`corloc_bars` has
+  one panel and draws it with seaborn directly.)
+* **Image grids** (:func:`map_grid`, :func:`discovery_grid`) are plain matplotlib.
+
+Sizes are chosen for the book's content column, about 800 px: :data:`WIDTH` inches at
+matplotlib's 100 dpi. A figure no wider than that is shown at its own size, so its
+text stays at the size it was drawn at (seaborn's ``notebook`` context). Red is kept
+for a rule's threshold; models and token groups take the other colours of seaborn's
+colour-blind palette.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from PIL import Image
+
+#: the book's content column in inches (about 800 px at 100 dpi)
+WIDTH = 8.0
+#: at most this many panels (or image columns) in a row
+MAX_COLS = 4
+#: the tallest a statistical panel gets (inches)
+MAX_HEIGHT = 3.2
+#: the colour of a rule's threshold
+THRESHOLD = "tab:red"
+#: series colours: seaborn's colour-blind palette without its vermillion (too close to THRESHOLD)
+SERIES = [c for i, c in enumerate(sns.color_palette("colorblind")) if i != 3]
+_PAD = "_pad:"  # names an empty slot of a facet grid
+
+
+def palette(names) -> dict:
+    """One colour per name, in order of first appearance."""
+    return {n: SERIES[i % len(SERIES)] for i, n in enumerate(dict.fromkeys(names))}
+
+
+def panels_per_row(n: int) -> int:
+    """All ``n`` panels in one row up to :data:`MAX_COLS`; beyond, rows as even as
+    possible (5 -> 3 + 2, 6 -> 3 + 3, 7 -> 4 + 3, 12 -> 4 + 4 + 4)."""
+    return n if n <= MAX_COLS else math.ceil(n / math.ceil(n / MAX_COLS))
+
+
+def _styled(draw):
+    """Draw inside seaborn's ``whitegrid`` style and ``notebook`` context, without
+    changing matplotlib's global settings."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+def _wrap(text: str, chars: int) -> str:
+    return textwrap.fill(str(text), width=max(chars, 8), break_on_hyphens=False)
+
+
+def _facets(order: list[str], ncol: int | None = None, aspect: float = 1.4, max_panel: float = 4.0,
+            **kwargs) -> sns.FacetGrid:
+    """A grid with one panel per name in ``order`` (a name starting with ``_PAD`` keeps
+    its slot empty), ``ncol`` panels a row (default :func:`panels_per_row`), at most
+    :data:`WIDTH` inches wide. The panels are drawn by the caller, axis by axis."""
+    ncol = ncol or panels_per_row(len(order))
+    width = min(WIDTH / ncol, max_panel)
+    height = min(width / aspect, MAX_HEIGHT)
+    frame = pd.DataFrame({"panel": pd.Series(order, dtype=object)})
+    g = sns.FacetGrid(frame, col="panel", col_order=order, col_wrap=ncol, height=height,
+                      aspect=width / height, despine=False, **kwargs)
+    g.set_titles("{col_name}")
+    g.panels_per_row = ncol
+    return g
+
+
+def _finish(g: sns.FacetGrid, caption: str, legend: Mapping[str, object] | None = None,
+            xlabel: str = "", ylabel: str = "") -> plt.Figure:
+    """Empty the padding slots, label the x axes of the lowest panels and the figure's
+    y axis once, put one legend below the panels and the caption on top."""
+    order = list(g.col_names)
+    ncol = g.panels_per_row
+    xlabel = _wrap(xlabel, int(g.figure.get_figwidth() / ncol * 72 / 6)) if xlabel else ""
+    for p, name in enumerate(order):
+        ax = g.axes_dict[name]
+        if name.startswith(_PAD):
+            ax.remove()
+            continue
+        below = p + ncol
+        ax.set_xlabel(xlabel if below >= len(order) or order[below].startswith(_PAD) else "")
+        ax.set_ylabel("")
+    if ylabel:
+        g.figure.supylabel(ylabel, fontsize=plt.rcParams["axes.labelsize"])
+    title_lines = max(ax.get_title().count("\n") for ax in g.figure.axes)
+    g.figure.set_figheight(g.figure.get_figheight() + 0.2 * title_lines * math.ceil(len(order) / ncol))
+    return _caption(g.figure, caption, legend)
+
+
+def _caption(fig: plt.Figure, caption: str, legend: Mapping[str, object] | None = None) -> plt.Figure:
+    """Caption on top, legend below; the figure grows by their height, so that they do
+    not squeeze the panels."""
+    fig.set_layout_engine("constrained")
+    size, extra = 11, 0.1
+    if legend:
+        ncol = panels_per_row(len(legend))
+        # matplotlib fills a legend column by column; this order reads row by row
+        big = len(legend) % ncol or ncol
+        order = [row * ncol + col for col in range(ncol)
+                 for row in range(math.ceil(len(legend) / ncol) - (col >= big))]
+        labels = [list(legend)[i] for i in order]
+        fig.legend([legend[k] for k in labels], labels, loc="outside lower center", frameon=False, ncol=ncol)
+        extra += 0.3 * math.ceil(len(legend) / ncol)
+    title = _wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * size)))
+    fig.suptitle(title, fontsize=size)
+    fig.set_figheight(fig.get_figheight() + extra + 0.22 * (title.count("\n") + 1))
+    return fig
+
+
+def _panel_title(ax, text: str) -> None:
+    ax.set_title(_wrap(text, int(ax.get_position().width * ax.figure.get_figwidth() * 72 / 6)))
+
+
+def _interval(ax, x, low, high) -> None:
+    """A 95 % interval drawn from ``low`` to ``high`` (whatever the point estimate)."""
+    low, high = np.asarray(low, float), np.asarray(high, float)
+    ax.errorbar(x, (low + high) / 2, yerr=(high - low) / 2, fmt="none", ecolor="0.15", elinewidth=1.3,
+                capsize=3, zorder=3)
 
 
 def _show_image(ax, image) -> None:
@@ -27,82 +157,129 @@ def _square(image: Image.Image) -> Image.Image:
 def map_grid(images: Sequence[Image.Image], maps: Mapping[str, np.ndarray], caption: str,
              cmap: str = "viridis", colorbar_label: str = "token norm") -> plt.Figure:
     """Rows: images; columns: the image, then one map per entry of ``maps``
-    (``name -> [B, rows, cols]``). Each map has its own colour scale, shared by its column."""
-    n, cols = len(images), 1 + len(maps)
-    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols + 0.8, 2.2 * n + 0.6), squeeze=False,
+    (``name -> [B, rows, cols]``). Each map has its own colour scale, shared by all images.
+
+    With more than :data:`MAX_COLS` panels per image the grid turns: several images
+    become the columns (rows: the image, then each map, named on the left); a single
+    image has its panels wrapped into balanced rows."""
+    n, k = len(images), 1 + len(maps)
+    if k <= MAX_COLS:
+        nrows, ncols, turned = n, k, False
+        at = lambda i, j: (i, j)  # noqa: E731
+    elif n > 1:
+        nrows, ncols, turned = k, n, True
+        at = lambda i, j: (j, i)  # noqa: E731
+    else:
+        ncols, turned = panels_per_row(k), False
+        nrows = math.ceil(k / ncols)
+        at = lambda i, j: divmod(j, ncols)  # noqa: E731
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols + 0.8, 2.2 * nrows + 0.6), squeeze=False,
                              layout="constrained")
+    for ax in axes.flat[k * n:]:
+        ax.remove()
+
+    def name(ax, text):
+        if turned:
+            ax.set_ylabel(text, fontsize=9)
+        else:
+            ax.set_title(text, fontsize=9)
+
     for i, im in enumerate(images):
-        _show_image(axes[i, 0], _square(im.convert("RGB")))
-        for j, (name, m) in enumerate(maps.items(), start=1):
-            vmax = float(np.max(m))
-            h = axes[i, j].imshow(m[i], cmap=cmap, vmin=0, vmax=vmax)
-            axes[i, j].set_xticks([])
-            axes[i, j].set_yticks([])
-            if i == 0:
-                axes[i, j].set_title(name, fontsize=9)
-            if i == n - 1:
-                fig.colorbar(h, ax=axes[:, j].tolist(), shrink=0.5, label=colorbar_label)
-    axes[0, 0].set_title("image", fontsize=9)
-    fig.suptitle(caption, fontsize=9)
+        _show_image(axes[at(i, 0)], _square(im.convert("RGB")))
+    name(axes[at(0, 0)], "image")
+    for j, (title, m) in enumerate(maps.items(), start=1):
+        vmax = float(np.max(m))
+        for i in range(n):
+            ax = axes[at(i, j)]
+            h = ax.imshow(m[i], cmap=cmap, vmin=0, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        name(axes[at(0, j)], title)
+        fig.colorbar(h, ax=[axes[at(i, j)] for i in range(n)], shrink=0.5, label=colorbar_label)
+    fig.suptitle(_wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * 9))), fontsize=9)
     return fig
 
 
+@_styled
 def layer_histograms(norms: Mapping[str, Mapping[int, np.ndarray]],
                      thresholds: Mapping[str, Mapping[int, float]], caption: str,
                      models_across: bool = False) -> plt.Figure:
-    """One row per model, one column per layer (``models_across=True``: one row per
-    layer, one column per model): histogram of patch-token norms (log count), with the
-    rule's threshold as a dashed line where one was found."""
+    """Histograms of patch-token norms (log count), one panel per (model, layer), with
+    the rule's threshold as a red dashed line where one was found. By default each
+    model's layers fill its own rows, in order; ``models_across=True`` puts the models
+    of each layer side by side instead. At most :data:`MAX_COLS` panels a row."""
     models = list(norms)
-    layers = list(next(iter(norms.values())))
-    rows, cols = (layers, models) if models_across else (models, layers)
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.2 * len(cols) + 0.4, 2.0 * len(rows) + 0.8),
-                             squeeze=False)
-    for r, row in enumerate(rows):
-        for c, col in enumerate(cols):
-            m, layer = (col, row) if models_across else (row, col)
-            ax = axes[r, c]
-            ax.hist(np.ravel(norms[m][layer]), bins=60, color="tab:blue")
-            ax.set_yscale("log")
-            thr = thresholds.get(m, {}).get(layer, float("inf"))
-            if np.isfinite(thr):
-                ax.axvline(thr, color="tab:red", ls="--", lw=1)
-            ax.set_title(f"{m} · layer {layer}", fontsize=8)
-            ax.tick_params(labelsize=7)
-            if r == len(rows) - 1:
-                ax.set_xlabel("patch norm", fontsize=8)
-    fig.suptitle(caption, fontsize=9)
-    fig.tight_layout()
-    return fig
+    if models_across:
+        blocks = [[(m, layer) for m in models] for layer in next(iter(norms.values()))]
+    else:
+        blocks = [[(m, layer) for layer in norms[m]] for m in models]
+    if all(len(b) == 1 for b in blocks):  # one panel each: side by side
+        blocks = [[b[0] for b in blocks]]
+    ncol = panels_per_row(max(len(b) for b in blocks))
+    where, order = {}, []
+    for block in blocks:
+        for m, layer in block:
+            where[f"{m} · layer {layer}"] = (m, layer)
+            order.append(f"{m} · layer {layer}")
+        order += [f"{_PAD}{len(order) + p}" for p in range(-len(block) % ncol)]  # next block: new row
+    colours = palette(models)
+    g = _facets(order, ncol=ncol, aspect=1.2, sharex=False, sharey=False)
+    drawn = False
+    for name, (m, layer) in where.items():
+        ax = g.axes_dict[name]
+        sns.histplot(x=np.ravel(norms[m][layer]), bins=60, color=colours[m], linewidth=0, alpha=0.85, ax=ax)
+        ax.set_yscale("log")
+        thr = thresholds.get(m, {}).get(layer, float("inf"))
+        if thr is not None and np.isfinite(thr):
+            ax.axvline(thr, color=THRESHOLD, ls="--", lw=1.5)
+            drawn = True
+    legend = {m: Patch(color=c) for m, c in colours.items()}
+    if drawn:
+        legend["the rule's threshold"] = Line2D([], [], color=THRESHOLD, ls="--", lw=1.5)
+    return _finish(g, caption, legend, xlabel="patch norm", ylabel="patches (log count)")
 
 
+_STAT_DASHES = {"median": "", "p99": (4, 2), "max": (1, 1.5)}
+
+
+def _lines(ax, frame, x, y, hue, colours, style=None) -> None:
+    sns.lineplot(frame, x=x, y=y, hue=hue, hue_order=list(colours), palette=colours, style=style,
+                 style_order=list(_STAT_DASHES) if style else None, dashes=_STAT_DASHES if style else True,
+                 marker="o" if style is None else None, markersize=5, estimator=None, legend=False, ax=ax)
+
+
+def _style_legend(colours: Mapping[str, object], statistics: Sequence[str] = ()) -> dict:
+    legend = {name: Line2D([], [], color=c, lw=2) for name, c in colours.items()}
+    for s in statistics:
+        legend[s] = Line2D([], [], color="0.3", lw=1.5, dashes=_STAT_DASHES[s] or (None, None))
+    return legend
+
+
+@_styled
 def curves(tables: Mapping[str, pd.DataFrame], caption: str) -> plt.Figure:
     """Per-layer norm statistics (median, p99, max) and outlier % for each model,
-    from :func:`vitreg_lib.outliers.layer_curves` tables."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
-    for k, (name, t) in enumerate(tables.items()):
-        colour = f"C{k}"
-        a1.plot(t["layer"], t["median"], color=colour, label=f"{name} median")
-        a1.plot(t["layer"], t["p99"], color=colour, ls="--", label=f"{name} p99")
-        a1.plot(t["layer"], t["max"], color=colour, ls=":", label=f"{name} max")
-        a2.plot(t["layer"], 100 * t["outlier_fraction"], color=colour, marker="o", label=name)
-    a1.set_xlabel("layer (block index)")
-    a1.set_ylabel("patch-token norm")
-    a1.legend(fontsize=7, ncol=2)
-    a2.set_xlabel("layer (block index)")
-    a2.set_ylabel("outlier patches (%)")
-    a2.set_title(next(iter(tables.values()))["rule"].iloc[0], fontsize=8)
-    a2.legend(fontsize=7)
-    fig.suptitle(caption, fontsize=9)
-    fig.tight_layout()
-    return fig
+    from :func:`vitreg_lib.outliers.layer_curves` tables: colour = model, dash = statistic."""
+    frame = pd.concat([t.assign(model=name) for name, t in tables.items()], ignore_index=True)
+    stats = frame.melt(id_vars=["model", "layer"], value_vars=list(_STAT_DASHES), var_name="statistic",
+                       value_name="norm")
+    frame["outlier %"] = 100 * frame["outlier_fraction"]
+    colours = palette(tables)
+    rule = frame["rule"].iloc[0]
+    g = _facets(["patch-token norm", f"outlier patches (%) · {rule}"], aspect=1.3, sharey=False)
+    a1, a2 = g.axes.flat
+    _lines(a1, stats, "layer", "norm", "model", colours, style="statistic")
+    _lines(a2, frame, "layer", "outlier %", "model", colours)
+    for ax in (a1, a2):
+        ax.set_xticks(sorted(frame["layer"].unique()))
+        _panel_title(ax, ax.get_title())
+    return _finish(g, caption, _style_legend(colours, list(_STAT_DASHES)), xlabel="layer (block index)")
 
 
 def norm_view(image: Image.Image, norm_map: np.ndarray, layer_norms: np.ndarray,
               threshold: float, caption: str) -> plt.Figure:
     """One image, its patch-norm map, and the histogram of all patch norms of the layer
     (over every image analysed) with the rule's threshold — the explorer's view."""
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.1))
+    fig, axes = plt.subplots(1, 3, figsize=(WIDTH, 2.6))
     _show_image(axes[0], _square(image.convert("RGB")))
     h = axes[1].imshow(norm_map, cmap="viridis", vmin=0)
     axes[1].set_xticks([])
@@ -111,136 +288,147 @@ def norm_view(image: Image.Image, norm_map: np.ndarray, layer_norms: np.ndarray,
     axes[2].hist(np.ravel(layer_norms), bins=60)
     axes[2].set_yscale("log")
     if np.isfinite(threshold):
-        axes[2].axvline(threshold, color="tab:red", ls="--", lw=1, label="threshold")
+        axes[2].axvline(threshold, color=THRESHOLD, ls="--", lw=1, label="threshold")
         axes[2].legend(fontsize=7)
     axes[2].set_xlabel("patch norm (all images)")
-    fig.suptitle(caption, fontsize=9)
+    axes[2].set_ylabel("patches (log count)")
+    fig.suptitle(_wrap(caption, int(WIDTH * 72 / (0.55 * 9))), fontsize=9)
     fig.tight_layout()
     return fig
 
 
+@_styled
 def training_curves(table: pd.DataFrame, caption: str, paper_fraction: float | None = None) -> plt.Figure:
     """From :func:`vitreg_lib.train.log_table`: outlier % (gap rule) and max/median
-    patch norm of each layer against the share of training done, with accuracy."""
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.4))
-    for layer, t in table.groupby("layer"):
-        a1.plot(t["fraction"], 100 * t["gap_fraction"], marker=".", label=f"layer {layer}")
-        a2.plot(t["fraction"], t["max_over_median"], marker=".", label=f"layer {layer}")
-    acc = table.drop_duplicates("step")
+    patch norm of each layer (colour: depth) against the share of training done, and
+    the validation accuracy."""
+    t = table.assign(outlier=100 * table["gap_fraction"])
+    layers = sorted(t["layer"].unique())
+    colours = dict(zip([f"layer {la}" for la in layers], sns.color_palette("crest", len(layers))))
+    t["layer name"] = [f"layer {la}" for la in t["layer"]]
+    g = _facets(["outlier patches (%), histogram gap", "max / median patch norm",
+                 "validation accuracy (%)"], aspect=1.0, sharey=False)
+    a1, a2, a3 = g.axes.flat
+    for ax, y in ((a1, "outlier"), (a2, "max_over_median")):
+        sns.lineplot(t, x="fraction", y=y, hue="layer name", palette=colours, marker=".", estimator=None,
+                     legend=False, ax=ax)
+    acc = t.drop_duplicates("step")
     a3.plot(acc["fraction"], 100 * acc["val_acc"], color="k", marker=".")
-    a1.set_ylabel("outlier patches (%), histogram gap")
     a1.set_ylim(bottom=0)
-    a2.set_ylabel("max / median patch norm")
-    a3.set_ylabel("validation accuracy (%)")
+    legend = {name: Line2D([], [], color=c, lw=2) for name, c in colours.items()}
     for ax in (a1, a2, a3):
-        ax.set_xlabel("share of training done")
+        _panel_title(ax, ax.get_title())
         if paper_fraction is not None:
-            ax.axvline(paper_fraction, color="tab:red", ls="--", lw=1)
-    a1.legend(fontsize=7)
+            ax.axvline(paper_fraction, color=THRESHOLD, ls="--", lw=1.2)
     if paper_fraction is not None:
-        a1.text(paper_fraction, a1.get_ylim()[1], " paper: outliers from here", color="tab:red",
-                fontsize=7, va="top")
-    fig.suptitle(caption, fontsize=9)
-    fig.tight_layout()
-    return fig
+        legend["paper: outliers from here on"] = Line2D([], [], color=THRESHOLD, ls="--", lw=1.2)
+    return _finish(g, caption, legend, xlabel="share of training done")
 
 
+@_styled
 def densities(groups: Mapping[str, Mapping[str, np.ndarray]], xlabel: str, caption: str) -> plt.Figure:
-    """One panel per model: normalised histograms of a value for each token group
-    (e.g. normal vs outlier), with the group's token count in the legend."""
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
-    for ax, (model, by_group) in zip(axes[0], groups.items()):
-        for k, (group, values) in enumerate(by_group.items()):
+    """One panel per model: normalised histograms (density) of a value for each token
+    group (e.g. normal vs outlier); the panel's title gives each group's token count."""
+    names = list(dict.fromkeys(group for by_group in groups.values() for group in by_group))
+    colours = palette(names)
+    titles = {model: model + "\n" + " · ".join(f"{group}: {np.size(v):,}" if np.size(v) else f"{group}: none"
+                                               for group, v in by_group.items())
+              for model, by_group in groups.items()}
+    g = _facets(list(titles.values()), aspect=1.3, max_panel=WIDTH / 2, sharey=False)
+    for model, by_group in groups.items():
+        ax = g.axes_dict[titles[model]]
+        for group, values in by_group.items():
             values = np.ravel(values)
             if values.size:
-                ax.hist(values, bins=40, range=(-1, 1), density=True, alpha=0.55, color=f"C{k}",
-                        label=f"{group} (n={values.size})")
-            else:
-                ax.plot([], [], color=f"C{k}", label=f"{group} (none)")
-        ax.set_title(model, fontsize=9)
-        ax.set_xlabel(xlabel)
-        ax.legend(fontsize=7)
-    fig.suptitle(caption, fontsize=9)
-    fig.tight_layout()
-    return fig
+                sns.histplot(x=values, bins=40, binrange=(-1, 1), stat="density", element="step",
+                             color=colours[group], alpha=0.35, ax=ax)
+    legend = {f"{name} tokens": Patch(facecolor=c, edgecolor=c, alpha=0.6) for name, c in colours.items()}
+    return _finish(g, caption, legend, xlabel=xlabel, ylabel="density")
 
 
+@_styled
 def probe_bars(frame: pd.DataFrame, caption: str) -> plt.Figure:
-    """Bars with 95 % intervals, one panel per (probe, metric) and model; a group
-    that was not measured (too few tokens) is marked "n/a"."""
+    """Bars with 95 % intervals: one panel per (probe, metric), token groups along x,
+    one colour per model; a group that was not measured (too few tokens) is marked
+    "n/a"."""
+    frame = frame.assign(value=pd.to_numeric(frame["value"]), low=pd.to_numeric(frame["low"]),
+                         high=pd.to_numeric(frame["high"]))
     keys = list(dict.fromkeys(zip(frame["probe"], frame["metric"])))
     models = list(dict.fromkeys(frame["model"]))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.0 * len(keys), 3.4), squeeze=False)
-    for ax, (probe, metric) in zip(axes[0], keys):
+    colours = palette(models)
+    most = max(frame[(frame["probe"] == p) & (frame["metric"] == m)]["group"].nunique() for p, m in keys)
+    g = _facets([f"{p}: {m}" for p, m in keys], aspect=1.0,
+                max_panel=max(4.0, 0.45 * most * len(models) + 1.0), sharex=False, sharey=False)
+    width = 0.8 / len(models)
+    missing = False
+    for probe, metric in keys:
+        ax = g.axes_dict[f"{probe}: {metric}"]
         sub = frame[(frame["probe"] == probe) & (frame["metric"] == metric)]
         groups = list(dict.fromkeys(sub["group"]))
-        width = 0.8 / len(models)
-        labelled = set()
-        for j, model in enumerate(models):
-            for i, group in enumerate(groups):
-                row = sub[(sub["model"] == model) & (sub["group"] == group)]
-                x = i + (j - (len(models) - 1) / 2) * width
-                if row.empty:
-                    continue
-                r = row.iloc[0]
-                if r["value"] is None or pd.isna(r["value"]):
-                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
-                    continue
-                ax.bar(x, r["value"], width, color=f"C{j}", label=None if model in labelled else model,
-                       yerr=[[r["value"] - r["low"]], [r["high"] - r["value"]]], capsize=3)
-                labelled.add(model)
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels(groups, fontsize=8, rotation=20)
-        ax.set_title(f"{probe}: {metric}", fontsize=9)
-        if labelled:
-            ax.legend(fontsize=7)
-    fig.suptitle(caption, fontsize=9)
-    fig.tight_layout()
-    return fig
+        measured = sub.dropna(subset=["value"])
+        if len(measured):
+            sns.barplot(measured, x="group", y="value", hue="model", order=groups, hue_order=models,
+                        palette=colours, errorbar=None, legend=False, ax=ax)
+        x = [groups.index(r.group) + (models.index(r.model) - (len(models) - 1) / 2) * width
+             for r in sub.itertuples()]
+        sub = sub.assign(x=x)
+        ok = sub.dropna(subset=["value"])
+        if len(ok):
+            _interval(ax, ok["x"], ok["low"], ok["high"])
+        for r in sub[sub["value"].isna()].itertuples():
+            ax.text(r.x, 0, "n/a", ha="center", va="bottom", rotation=90, fontsize=9, color="0.25")
+            missing = True
+        ax.set_xticks(range(len(groups)), [_wrap(gr, 10) for gr in groups])
+        ax.set_xlim(-0.5, len(groups) - 0.5)
+        ax.set_ylim(bottom=0)
+        _panel_title(ax, f"{probe}: {metric}")
+    legend = {m: Patch(color=c) for m, c in colours.items()}
+    legend["95 % interval"] = Line2D([], [], color="0.15", marker="_", markersize=8, lw=1.3)
+    if missing:
+        legend["n/a: too few test tokens"] = Line2D([], [], ls="none")
+    return _finish(g, caption, legend)
 
 
+@_styled
 def kind_norms(curves: pd.DataFrame, caption: str) -> plt.Figure:
     """One panel per model: median (solid) and maximum (dotted) norm of each token kind
     ([CLS], registers, patches, extra) over the blocks, from
     :func:`vitreg_lib.registers.kind_curves` tables (concatenated)."""
     models = list(dict.fromkeys(curves["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.4 * len(models), 3.2), squeeze=False,
-                             sharey=True)
-    colours = {"cls": "C3", "registers": "C2", "patches": "C0", "extra": "C1"}
-    for ax, model in zip(axes[0], models):
-        t = curves[curves["model"] == model]
-        for kind, g in t.groupby("kind", sort=False):
-            ax.plot(g["layer"], g["median"], color=colours.get(kind), label=f"{kind} median")
-            ax.plot(g["layer"], g["max"], color=colours.get(kind), ls=":", label=f"{kind} max")
-        ax.set_title(model, fontsize=9)
-        ax.set_xlabel("layer (block index)")
-        ax.legend(fontsize=7)
-    axes[0, 0].set_ylabel("token norm")
-    fig.suptitle(caption, fontsize=9)
-    fig.tight_layout()
-    return fig
+    kinds = [k for k in ("patches", "cls", "registers", "extra") if k in set(curves["kind"])]
+    kinds += [k for k in dict.fromkeys(curves["kind"]) if k not in kinds]
+    colours = palette(kinds)
+    long = curves.melt(id_vars=["model", "kind", "layer"], value_vars=["median", "max"], var_name="statistic",
+                       value_name="norm")
+    g = _facets(models, aspect=1.3, sharey=True)
+    for model in models:
+        ax = g.axes_dict[model]
+        _lines(ax, long[long["model"] == model], "layer", "norm", "kind", colours, style="statistic")
+        ax.set_xticks(sorted(curves["layer"].unique()))
+    return _finish(g, caption, _style_legend(colours, ["median", "max"]), xlabel="layer (block index)",
+                   ylabel="token norm")
 
 
+@_styled
 def register_ablation(table: pd.DataFrame, caption: str) -> plt.Figure:
-    """The number-of-registers ablation: outlier % (each rule column) and, when present,
-    task accuracy and extra FLOPs against the number of registers."""
-    n = table["registers"]
+    """The number-of-registers ablation: outlier % (one line per rule column) and, when
+    present, task accuracy and extra FLOPs against the number of registers."""
     outlier_cols = [c for c in table.columns if c.startswith("outlier %")]
     other = [c for c in ("task accuracy (%)", "extra FLOPs (%)") if c in table.columns]
-    fig, axes = plt.subplots(1, 1 + len(other), figsize=(4.2 * (1 + len(other)), 3.1), squeeze=False)
-    for c in outlier_cols:
-        axes[0, 0].plot(n, table[c], marker="o", label=c.replace("outlier % ", ""))
-    axes[0, 0].set_ylabel("outlier patches (%)")
-    axes[0, 0].legend(fontsize=7)
-    for ax, c in zip(axes[0, 1:], other):
-        ax.plot(n, table[c], marker="o", color="C2")
-        ax.set_ylabel(c)
-    for ax in axes[0]:
-        ax.set_xlabel("registers")
-        ax.set_xticks(sorted(set(n)))
-    fig.suptitle(caption, fontsize=9)
-    fig.tight_layout()
-    return fig
+    rules = {c: c.replace("outlier % ", "").strip("()") for c in outlier_cols}
+    colours = palette(list(rules.values()) + other)
+    g = _facets(["outlier patches (%)"] + other, aspect=1.2, sharey=False)
+    long = table.melt(id_vars=["registers"], value_vars=outlier_cols + other, var_name="column")
+    long["series"] = long["column"].map(lambda c: rules.get(c, c))
+    for panel, series in [("outlier patches (%)", list(rules.values()))] + [(c, [c]) for c in other]:
+        ax = g.axes_dict[panel]
+        sns.lineplot(long[long["series"].isin(series)], x="registers", y="value", hue="series",
+                     hue_order=series, palette=colours, marker="o", estimator=None, legend=False, ax=ax)
+        ax.set_xticks(sorted(set(table["registers"])))
+        _panel_title(ax, panel)
+    legend = {f"outlier rule: {r}": Line2D([], [], color=colours[r], marker="o", lw=2)
+              for r in rules.values()}
+    return _finish(g, caption, legend, xlabel="registers")
 
 
 def neuron_scores(scores: np.ndarray, neurons: Sequence[tuple[int, int]], caption: str) -> plt.Figure:
@@ -258,7 +446,7 @@ def neuron_scores(scores: np.ndarray, neurons: Sequence[tuple[int, int]], captio
     ax.set_ylabel("mean |activation| at outliers")
     ax.set_xticks(range(scores.shape[0]))
     ax.legend(fontsize=7)
-    fig.suptitle(caption, fontsize=9)
+    fig.suptitle(_wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * 9))), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -314,32 +502,30 @@ def discovery_grid(images: Sequence[Image.Image], results: Mapping[str, object],
                     fig.colorbar(h, ax=axes[:, j].tolist(), shrink=0.5, label="patch norm")
             if i == 0:
                 ax.set_title(name, fontsize=9)
-    fig.suptitle(caption, fontsize=9)
+    fig.suptitle(_wrap(caption, int(fig.get_figwidth() * 72 / (0.55 * 9))), fontsize=9)
     return fig
 
 
+@_styled
 def corloc_bars(table: pd.DataFrame, caption: str, paper: Mapping[str, float] | None = None) -> plt.Figure:
     """CorLoc per model with its 95 % interval (from :func:`vitreg_lib.discovery.summary`);
     ``paper``: model -> the paper's CorLoc, drawn as a black tick where given."""
-    fig, ax = plt.subplots(figsize=(1.1 * len(table) + 2.2, 3.3))
+    models = list(table["model"])
+    fig, ax = plt.subplots(figsize=(min(WIDTH, 1.0 * len(table) + 2.5), 3.6))
+    sns.barplot(table, x="model", y="CorLoc (%)", hue="model", order=models, palette=palette(models),
+                errorbar=None, legend=False, ax=ax)
     x = np.arange(len(table))
-    v = table["CorLoc (%)"].to_numpy()
-    ax.bar(x, v, color=[f"C{i}" for i in range(len(table))],
-           yerr=[v - table["low"].to_numpy(), table["high"].to_numpy() - v], capsize=3)
-    if paper:
-        for i, name in enumerate(table["model"]):
-            if name in paper:
-                ax.plot([i - 0.35, i + 0.35], [paper[name]] * 2, color="black", lw=2,
-                        label="paper" if i == min(j for j, n in enumerate(table["model"]) if n in paper)
-                        else None)
-        ax.legend(fontsize=8)
-    ax.set_xticks(x)
-    ax.set_xticklabels(table["model"], rotation=25, ha="right", fontsize=8)
-    ax.set_ylabel("CorLoc (%)")
+    _interval(ax, x, table["low"], table["high"])
+    legend = {"95 % interval": Line2D([], [], color="0.15", marker="_", markersize=8, lw=1.3)}
+    marked = [i for i, name in enumerate(models) if paper and name in paper]
+    if marked:
+        ax.hlines([paper[models[i]] for i in marked], [i - 0.4 for i in marked], [i + 0.4 for i in marked],
+                  color="black", lw=2.5, zorder=4)
+        legend["the paper's CorLoc"] = Line2D([], [], color="black", lw=2.5)
+    ax.set_xticks(x, models, rotation=25, ha="right")
+    ax.set_xlabel("")
     ax.set_ylim(0, max(100.0, float(table["high"].max())))
-    fig.suptitle(caption, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _caption(fig, caption, legend)
 
 
 def lab_curves(log: list[dict], caption: str) -> plt.Figure:
@@ -350,7 +536,7 @@ def lab_curves(log: list[dict], caption: str) -> plt.Figure:
     and the task metric."""
     images = np.array([e["images"] for e in log]) / 1e6
     depth = len(log[0]["layers"])
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6), layout="constrained")
+    fig, axes = plt.subplots(2, 2, figsize=(8, 5.6), layout="constrained")
     (a1, a2), (a3, a4) = axes
     for layer in range(depth):
         rows = [e["layers"][layer] for e in log]

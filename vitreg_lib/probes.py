@@ -132,6 +132,46 @@ def interval(low, high) -> str:
     return f"[{low:.3g}, {high:.3g}]"
 
 
+def estimate(value, low, high) -> str:
+    """``value [low, high]`` as text, every number with the decimals that give the value
+    three significant digits: ``41.7 [38.2, 45.0]``, ``0.790 [0.712, 0.874]``."""
+    v = float(value)
+    decimals = 1 if v == 0 or not np.isfinite(v) else int(min(max(2 - np.floor(np.log10(abs(v))), 0), 6))
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{v:.{decimals}f}"
+    return f"{v:.{decimals}f} [{float(low):.{decimals}f}, {float(high):.{decimals}f}]"
+
+
+#: the cell of :func:`pivot` for a model that has no such group (e.g. no registers)
+NO_GROUP = "—"
+
+
+def pivot(frame: pd.DataFrame) -> pd.DataFrame:
+    """A probe table (one row per probe × metric × group × model, as :func:`probe_model`
+    returns) as a summary to read: one row per quantity (probe, metric, group), one
+    column per model, each cell the value with its 95 % interval as text (see
+    :func:`estimate`). A group too small to measure reads ``n/a (too few tokens: n)``
+    (``images`` for the global probe, which takes one token per image); a group a model
+    does not have reads :data:`NO_GROUP`. Rows and columns keep the order of ``frame``,
+    except that the groups of one (probe, metric) are put together."""
+    def cell(r) -> str:
+        if r.value is None or pd.isna(r.value):
+            unit, count = ("images", r.images) if r.probe == "global" else ("tokens", r.tokens)
+            return f"n/a (too few {unit}: {count})"
+        return estimate(r.value, r.low, r.high)
+
+    keys = ["probe", "metric", "group"]
+    cells = frame.assign(cell=[cell(r) for r in frame.itertuples()])
+    rows = list(dict.fromkeys(zip(*(cells[k] for k in keys))))
+    quantities = list(dict.fromkeys(r[:2] for r in rows))
+    rows.sort(key=lambda r: quantities.index(r[:2]))  # the groups of one quantity together
+    models = list(dict.fromkeys(cells["model"]))
+    table = cells.pivot(index=keys, columns="model", values="cell")
+    table = table.reindex(index=pd.MultiIndex.from_tuples(rows, names=keys), columns=models).fillna(NO_GROUP)
+    table.columns.name = "model"
+    return table
+
+
 def local_probes(tokens, outlier_mask, pixels, grid: tuple[int, int], test_share: float = 0.3,
                  seed: int = 0, min_tokens: int = MIN_TOKENS,
                  max_train_tokens: int = 8000) -> list[ProbeResult]:
