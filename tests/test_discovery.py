@@ -159,7 +159,7 @@ def test_discovery_errors():
     lm.model.blocks[-1].attn = NoQKV(32)
     with pytest.raises(TypeError, match="no fused qkv"):
         discovery.discover(lm, photo, k=4)
-    with pytest.raises(ValueError, match="'scenes' \\(offline\\) or 'VOC07'"):
+    with pytest.raises(ValueError, match="'scenes' \\(offline\\), 'VOC07'.*boxes.json"):
         boxed_images("COCO", 3)
 
 
