@@ -202,3 +202,13 @@ def test_summary_interval_placement_and_comparison():
     assert "rises beyond the 95 % intervals" in sentence and "nan" not in sentence
     with pytest.raises(ValueError, match="norm maps and flags for the 2 images"):
         discovery.seed_placement(res, norms[:1], flags[:1], gt)
+
+
+def test_published_corloc_beside_each_model():
+    from vitreg_lib.paper import lost_reference
+
+    assert lost_reference("DINOv2", 0) == 35.3 and lost_reference("DINOv2", 4) == 55.4
+    assert lost_reference("DeiT-III", 0) == 11.7 and lost_reference("OpenCLIP", 4) == 37.1
+    assert lost_reference("mini", 4) is None  # the paper ran no mini model
+    assert lost_reference("DINOv2", 0, "dinov2_l", test_time=True) == 53.8  # Jiang et al., ViT-L only
+    assert lost_reference("DINOv2", 0, "dinov2_s", test_time=True) is None

@@ -97,3 +97,12 @@ def corloc_reference(family: str, registers: bool) -> float | None:
     paper did not run."""
     pair = PAPER["F9"].get(family, {}).get("VOC07")
     return None if pair is None else pair[int(bool(registers))]
+
+
+def lost_reference(family: str, registers: int, name: str = "", test_time: bool = False) -> float | None:
+    """The published LOST CorLoc on VOC07 (%) to set beside a model: F9 for a family
+    without or with trained registers; T1 (Jiang et al., DINOv2-L only) for a model with a
+    test-time register. ``None`` where nobody published one."""
+    if test_time:
+        return PAPER["T1"]["lost_voc07"]["test-time register"] if name == "dinov2_l" else None
+    return corloc_reference(family, registers > 0)
