@@ -334,7 +334,7 @@ def test_chapter7_corloc_is_what_the_library_measures(built):
     entry = rec[f"corloc_{d.pair[1]}"]
     assert entry["value"] == pytest.approx(discovery.corloc(found.boxes, ds.boxes))
     assert f"k = {d.k}" in entry["note"] and "scenes" in entry["note"]
-    assert entry["comparable"].startswith("no")
+    assert entry["comparable"].startswith("no") and entry["paper"] == 55.4  # DINOv2 + registers, F9
     html = (built / "_build" / "html" / "notebooks" / "07_object_discovery.html").read_text()
     assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", html)) >= 3 and "Paper vs here" in html
 

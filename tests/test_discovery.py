@@ -212,3 +212,7 @@ def test_published_corloc_beside_each_model():
     assert lost_reference("mini", 4) is None  # the paper ran no mini model
     assert lost_reference("DINOv2", 0, "dinov2_l", test_time=True) == 53.8  # Jiang et al., ViT-L only
     assert lost_reference("DINOv2", 0, "dinov2_s", test_time=True) is None
+    # the mini tier sets DINOv2's numbers beside its minis, marked not comparable
+    assert lost_reference("mini", 4, stand_in=True) == 55.4
+    assert lost_reference("mini", 0, stand_in=True) == 35.3
+    assert lost_reference("mini", 0, "mini_reg0", test_time=True, stand_in=True) == 53.8

@@ -99,10 +99,14 @@ def corloc_reference(family: str, registers: bool) -> float | None:
     return None if pair is None else pair[int(bool(registers))]
 
 
-def lost_reference(family: str, registers: int, name: str = "", test_time: bool = False) -> float | None:
+def lost_reference(family: str, registers: int, name: str = "", test_time: bool = False,
+                   stand_in: bool = False) -> float | None:
     """The published LOST CorLoc on VOC07 (%) to set beside a model: F9 for a family
     without or with trained registers; T1 (Jiang et al., DINOv2-L only) for a model with a
-    test-time register. ``None`` where nobody published one."""
+    test-time register. ``None`` where nobody published one, unless ``stand_in``: then a
+    family the paper did not run gets DINOv2's pair, and any model with a test-time
+    register T1's number (to be marked not comparable, as the mini tier does)."""
     if test_time:
-        return PAPER["T1"]["lost_voc07"]["test-time register"] if name == "dinov2_l" else None
-    return corloc_reference(family, registers > 0)
+        return PAPER["T1"]["lost_voc07"]["test-time register"] if name == "dinov2_l" or stand_in else None
+    value = corloc_reference(family, registers > 0)
+    return corloc_reference("DINOv2", registers > 0) if value is None and stand_in else value
