@@ -68,6 +68,15 @@ EXPERIMENTS = {
                     "attention) on object-edge patches; if each patch's own pixels are costlier to "
                     "lose, the hubs should move to background patches, whose pixels are trivial, and a "
                     "background hub can only be found through a distinctive, high-norm vector"),
+    "v2e_cls_ls": ("lab_v2", dict(cls_token=True, objective="label", layerscale=1e-4, no_decay_1d=True),
+                   "(e) a [CLS] classifier of the count on 256 patches, trained long, with the "
+                   "details of the paper's supervised model with artifacts (DeiT-III): LayerScale "
+                   "(init 1e-4) and no weight decay on biases, norms and tokens. A per-channel "
+                   "LayerScale gain makes a massive activation in one channel cheap"),
+    "v2d_gu": ("lab_v2", dict(cls_token=False, objective="dense_both", lr=4e-3, weight_decay=0.5,
+                              batch=32, steps=40000),
+               "(d) Gu et al.'s levers on (a): twice the learning rate, weight decay 0.5 and half the "
+               "batch for twice the steps (same 1.28 M images); sinks grew with both in small LMs"),
 }
 
 
