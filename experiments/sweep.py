@@ -105,30 +105,39 @@ def run(names: list[str], jobs: int) -> None:
         p.wait()
 
 
-def _v2_row(name: str, preset: str, overrides: dict, hypothesis: str) -> str:
+def _v2_row(name: str, preset: str, overrides: dict) -> str:
     """One row of the v2 table, from the run's log (the last logged point)."""
     from vitreg_lib.train import PRESETS, criterion, emergence
 
     folder = HERE / "runs" / name
     if not (folder / "log.json").is_file():
-        return f"| {name} | {hypothesis} | {overrides} | not run | | | | | | | |"
+        return f"| {name} | not run | | | | | | | | | |"
     log = json.loads((folder / "log.json").read_text())
     last = log[-1]
-    steps = json.loads((folder / "config.json").read_text())["train"]["steps"] if \
-        (folder / "config.json").is_file() else overrides.get("steps", PRESETS[preset].steps)
-    state = "finished" if (folder / "model.safetensors").is_file() else "not finished, resumable"
+    steps = overrides.get("steps", PRESETS[preset].steps)
+    state = "finished" if (folder / "model.safetensors").is_file() else "resumable"
     c = criterion(last)
-    metric = ("patch acc." if "patch_acc" in last else "val. acc.") + \
+    metric = ("patch" if "patch_acc" in last else "image") + \
         f" {100 * last.get('patch_acc', last['val_acc']):.1f} %"
     top_sink = max(r["sink_attention"] for r in last["layers"])
     emerged = emergence(log)
     gap_bg = "—" if c["gap_background"] is None else f"{100 * c['gap_background']:.0f} %"
-    return (f"| {name} | {hypothesis} | {preset} + {overrides} | {last['images'] / 1e6:.2f} M "
-            f"({last['step']}/{steps} steps, {state}; {last['wall_s'] / 3600:.1f} core-h) | {metric} "
-            f"| block {c['layer']}, {c['site']} | {100 * c['gap_fraction']:.2f} | {gap_bg} "
-            f"| {100 * c['top1_background']:.0f} % vs {100 * c['background_share']:.0f} % "
+    return (f"| {name} | {last['images'] / 1e6:.2f} M ({100 * last['step'] / steps:.0f} %, {state}) "
+            f"| {last['wall_s'] / 3600:.1f} | {metric} | {c['layer']}, {c['site']} "
+            f"| {100 * c['gap_fraction']:.2f} | {gap_bg} "
+            f"| {100 * c['top1_background']:.0f} % ({100 * c['background_share']:.0f} %) "
             f"| {c['max_over_median']:.1f} | {top_sink:.2f} "
             f"| {'yes' if c['met'] else 'no'}{'' if emerged is None else f', from {emerged:.2f}'} |")
+
+
+V2_LEGEND = """The last logged point of each v2 run. *block, site*: the block and place (after the
+MLP, `block`; after the attention, `attn`) that comes closest to the criterion (it meets
+it, else the largest gap share, else the largest max/median); *gap %*: share of the patches
+above that site's histogram gap; *gap on bg*: share of those on background; *top-1 % on bg*:
+share of the highest-norm 1 % of patches on background, with background's share of all
+patches in brackets; *max / med*: max over median patch norm there; *sink*: the largest
+attention any single token receives from all queries of a head, over the blocks (uniform:
+0.004); *criterion*: met at this point, and from which fraction of training it has held."""
 
 
 def report() -> None:
@@ -138,13 +147,14 @@ def report() -> None:
     from vitreg_lib.plotting import lab_curves
 
     v2 = {n: e for n, e in EXPERIMENTS.items() if n.startswith("v2")}
-    rows2 = ["| experiment | hypothesis | recipe | images so far | task | best block, site | gap % "
-             "| gap patches on background | top-1 % norms on background vs background's share "
-             "| max / median | top sink attention | criterion met |", "|" + "---|" * 12]
+    rows2 = ["| run | images (share of the run) | core-h | task acc. | block, site | gap % "
+             "| gap on bg | top-1 % on bg (bg share) | max / med | sink | criterion |", "|" + "---|" * 11]
+    recipes = []
     figures = []
     (HERE / "figures").mkdir(exist_ok=True)
     for name, (preset, overrides, hypothesis) in v2.items():
-        rows2.append(_v2_row(name, preset, overrides, hypothesis))
+        rows2.append(_v2_row(name, preset, overrides))
+        recipes.append(f"* `{name}` = `{preset}` + `{overrides}`: {hypothesis}.")
         log_file = HERE / "runs" / name / "log.json"
         if log_file.is_file():
             fig = lab_curves(json.loads(log_file.read_text()), caption=f"{name}: {preset} + {overrides}")
@@ -170,8 +180,8 @@ def report() -> None:
     head = text.split("<!-- table -->")[0] if "<!-- table -->" in text else "# Mini-lab experiments\n\n"
     v2_head, v1_head = head.split("<!-- v2 table -->") if "<!-- v2 table -->" in head else (head, "")
     v1_head = v1_head.split("<!-- v2 end -->")[-1]
-    v2_part = ("<!-- v2 table -->\n" + "\n".join(rows2) + "\n\n" + "\n\n".join(figures)
-               + "\n<!-- v2 end -->")
+    v2_part = ("<!-- v2 table -->\n" + V2_LEGEND + "\n\n" + "\n".join(rows2) + "\n\n" + "\n".join(recipes)
+               + "\n\n" + "\n\n".join(figures) + "\n<!-- v2 end -->")
     v1_table = "<!-- table -->\n" + "\n".join(rows) + "\n"
     (HERE / "RESULTS.md").write_text(v2_head + v2_part + v1_head + v1_table)
     print("\n".join(rows2 + rows))
