@@ -77,6 +77,14 @@ EXPERIMENTS = {
                               batch=32, steps=40000),
                "(d) Gu et al.'s levers on (a): twice the learning rate, weight decay 0.5 and half the "
                "batch for twice the steps (same 1.28 M images); sinks grew with both in small LMs"),
+    "v2f_empty_noframe": ("lab_v2", dict(cls_token=False, objective="dense_both", task="count0",
+                                         min_objects=0, border=0),
+                          "(f) no object and no place to rely on: in (a), (a') and (b) every hub sat on an "
+                          "object patch. Here one scene in five is empty (0-4 objects, every patch "
+                          "predicts the count) and there is no background frame, so no position is "
+                          "always background: a hub that must exist in every image has to live on "
+                          "background, and only a distinctive vector written into it (a high norm) can "
+                          "mark it, as in natural images"),
 }
 
 

@@ -163,3 +163,15 @@ def test_a_readers_own_folder_for_probes_photos_and_discovery(tmp_path):
         boxed_images(str(folder), 1)
     with pytest.raises(ValueError, match="or the path of a folder"):
         labelled_images("ImageNet", 3)
+
+
+def test_scenes_may_be_empty_when_asked():
+    s = make_scenes(60, seed=4, min_objects=0, max_objects=2)
+    counts = s.label("count0")
+    assert set(np.unique(counts)) == {0, 1, 2} and s.num_classes("count0") == 3
+    empty = np.flatnonzero(counts == 0)
+    assert not s.masks[empty].any() and all(len(s.boxes[i]) == 0 for i in empty)
+    # the default draws exactly what it drew before the option existed
+    assert np.array_equal(make_scenes(5, seed=4).images, make_scenes(5, seed=4, min_objects=1).images)
+    with pytest.raises(ValueError, match="min_objects"):
+        make_scenes(2, min_objects=4, max_objects=3)

@@ -142,7 +142,7 @@ class Scenes:
     shapes: list[np.ndarray]
     seed: int
 
-    TASKS = ("count", "largest_shape", "count_shape", "trigger", "count_trigger")
+    TASKS = ("count", "count0", "largest_shape", "count_shape", "trigger", "count_trigger")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -155,6 +155,7 @@ class Scenes:
         """Integer class labels for ``task``:
 
         * ``count`` — number of objects minus one;
+        * ``count0`` — number of objects (for scenes that may hold none);
         * ``largest_shape`` — shape of the largest object;
         * ``count_shape`` — both at once (``count_index * 3 + shape``): a global
           label that no single local patch determines;
@@ -162,6 +163,8 @@ class Scenes:
         * ``count_trigger`` — ``count_index * 2 + trigger``.
         """
         count = np.array([len(b) for b in self.boxes]) - 1
+        if task == "count0":
+            return count + 1
         trigger = np.array([int(np.any(s == len(SHAPES))) for s in self.shapes])
         if task == "trigger":
             return trigger
@@ -184,7 +187,7 @@ class Scenes:
         max_objects = int(max(len(b) for b in self.boxes))
         if task not in self.TASKS:
             raise ValueError(f"Unknown task {task!r}; choose one of {self.TASKS}.")
-        return {"count": max_objects, "largest_shape": len(SHAPES),
+        return {"count": max_objects, "count0": max_objects + 1, "largest_shape": len(SHAPES),
                 "count_shape": max_objects * len(SHAPES), "trigger": 2,
                 "count_trigger": 2 * max_objects}[task]
 
@@ -209,7 +212,7 @@ class Scenes:
 def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
                 min_object: float = 0.15, max_object: float = 0.35,
                 noise: float = 0.02, separate: bool = False, border: int = 0,
-                texture: float = 0.0, trigger: float = 0.0) -> Scenes:
+                texture: float = 0.0, trigger: float = 0.0, min_objects: int = 1) -> Scenes:
     """``n`` scenes, identical for identical arguments.
 
     ``separate=True`` places objects so that their boxes do not touch (a count is then
@@ -227,10 +230,14 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
     * ``texture`` — amplitude of a random sinusoidal grating (2-6 cycles per image) added
       to the background, which makes background patches less redundant;
     * ``trigger`` — probability that a scene holds one :data:`TRIGGER` cross (shape index
-      ``len(SHAPES)``) in place of an ordinary object (labels: ``trigger``, ``count_trigger``).
+      ``len(SHAPES)``) in place of an ordinary object (labels: ``trigger``, ``count_trigger``);
+    * ``min_objects`` — the fewest objects a scene asks for (0: some scenes are empty, so
+      no object is there to be relied on; label them with ``count0``).
     """
     if n < 1 or size < 8:
         raise ValueError("Need n >= 1 and size >= 8.")
+    if not 0 <= min_objects <= max_objects:
+        raise ValueError(f"Need 0 <= min_objects <= max_objects, got {min_objects} and {max_objects}.")
     if not 0 <= trigger <= 1:
         raise ValueError(f"trigger is a probability, got {trigger}.")
     lo_side, hi_side = max(3, round(min_object * size)), round(max_object * size)
@@ -253,7 +260,7 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
             freq *= rng.uniform(2, 6) / (np.linalg.norm(freq) + 1e-8)
             wave = np.sin(2 * np.pi * (freq[0] * xx + freq[1] * yy) / size + rng.uniform(0, 2 * np.pi))
             img = img + texture * wave[..., None] * rng.uniform(0.5, 1, 3)
-        k = int(rng.integers(1, max_objects + 1))
+        k = int(rng.integers(min_objects, max_objects + 1))
         pending_trigger = bool(trigger) and rng.random() < trigger
         bx, sh = [], []
         for _ in range(k):
@@ -291,7 +298,7 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
 
 #: the arguments of :func:`make_scenes` that describe a distribution of scenes
 SCENE_OPTIONS = ("size", "max_objects", "min_object", "max_object", "noise", "separate", "border",
-                 "texture", "trigger")
+                 "texture", "trigger", "min_objects")
 
 
 def scene_kwargs(options: dict) -> dict:

@@ -101,6 +101,7 @@ class TrainConfig:
     attention: str = "softmax"  # or "gated" / "bias" (models.ATTENTION_VARIANTS)
     task: str = "count_shape"
     max_objects: int = 3
+    min_objects: int = 1  # 0: some scenes are empty (task count0)
     min_object: float = 0.15  # object side as a share of the image: smaller = more background
     max_object: float = 0.35
     separate_objects: bool = False  # boxes never touch, so counts are unambiguous
@@ -153,7 +154,8 @@ class TrainConfig:
         out = dict(size=self.img_size, max_objects=self.max_objects, min_object=self.min_object,
                    max_object=self.max_object, separate=self.separate_objects)
         # options left at their defaults are left out, so old configs read the same
-        for key, default in (("border", 0), ("texture", 0.0), ("trigger", 0.0), ("noise", 0.02)):
+        for key, default in (("border", 0), ("texture", 0.0), ("trigger", 0.0), ("noise", 0.02),
+                             ("min_objects", 1)):
             if getattr(self, key) != default:
                 out[key] = getattr(self, key)
         return out
@@ -423,12 +425,11 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
     fg_val = torch.from_numpy(val_set.patch_foreground(cfg.patch) > 0).flatten(1)
     probe = x_val[: cfg.probe_images]
     probe_bg = val_set.patch_foreground(cfg.patch)[: cfg.probe_images].reshape(len(probe), -1) == 0
-    num_classes = 2 * cfg.max_objects if cfg.task == "count_trigger" else (
-        2 if cfg.task == "trigger" else (train_set or val_set).num_classes(cfg.task))
+    num_classes = {"count": cfg.max_objects, "count0": cfg.max_objects + 1, "largest_shape": 3,
+                   "count_shape": 3 * cfg.max_objects, "trigger": 2,
+                   "count_trigger": 2 * cfg.max_objects}[cfg.task]
     if not cfg.fresh and cfg.task in ("count", "count_shape"):
         num_classes = train_set.num_classes(cfg.task)  # the bundled minis' rule, unchanged
-    elif cfg.task == "count":
-        num_classes = cfg.max_objects
     arch = cfg.arch(num_classes)
     model = build_vit(arch).to(cfg.device)
     recon = None
