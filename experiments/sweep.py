@@ -85,6 +85,17 @@ EXPERIMENTS = {
                           "always background: a hub that must exist in every image has to live on "
                           "background, and only a distinctive vector written into it (a high norm) can "
                           "mark it, as in natural images"),
+    "v2g_clutter_cls": ("lab_v2", dict(cls_token=True, objective="label", layerscale=1e-4, no_decay_1d=True,
+                                       clutter=0.1),
+                        "(g) heterogeneous background: (e) on scenes whose background is a random "
+                        "multi-scale colour field (clutter 0.1). On a flat background every background "
+                        "patch carries nearly the same value, so a head that spreads its attention over "
+                        "the background already makes a no-op update and no single token has to be "
+                        "singled out; and the hubs of (a), (b), (e) sat on object patches, the only "
+                        "tokens that look alike across images. In natural images neither holds: "
+                        "background patches all differ, so a head with nothing to do needs one token "
+                        "made canonical, and writing a large vector into a redundant patch is how the "
+                        "paper's models do it. The [CLS] objective leaves patches free to be recycled"),
 }
 
 

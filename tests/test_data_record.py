@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitreg_lib.data import ImageReadError, load_images, make_scenes, sample_images
+from vitreg_lib.data import SCENE_OPTIONS, ImageReadError, load_images, make_scenes, sample_images
 from vitreg_lib.record import Recorder
 
 
@@ -133,6 +133,23 @@ def test_scene_options_border_texture_trigger():
         make_scenes(2, size=16, border=6, max_object=0.5)
     with pytest.raises(ValueError, match="probability"):
         make_scenes(2, trigger=2)
+
+
+def test_clutter_varies_the_background_and_leaves_objects_flat():
+    assert np.array_equal(make_scenes(4, seed=3, size=32).images,
+                          make_scenes(4, seed=3, size=32, clutter=0.0).images)
+    plain = make_scenes(8, seed=3, size=32, noise=0.0)
+    cl = make_scenes(8, seed=3, size=32, noise=0.0, clutter=0.2)
+    for s in (plain, cl):
+        for img, mask in zip(s.images, s.masks):  # objects are one flat colour each
+            assert len(np.unique(img[mask].reshape(-1, 3), axis=0)) <= len(s.boxes[0]) + 3
+    # background patches (4 px) differ from each other far more under clutter
+    def patch_spread(s):
+        means = s.images.reshape(8, 8, 4, 8, 4, 3).mean(axis=(2, 4))
+        bg = s.patch_foreground(4) == 0
+        return np.mean([means[i][bg[i]].std(axis=0).mean() for i in range(8)])
+    assert patch_spread(cl) > 3 * patch_spread(plain)
+    assert "clutter" in SCENE_OPTIONS
 
 
 def test_a_readers_own_folder_for_probes_photos_and_discovery(tmp_path):

@@ -212,7 +212,8 @@ class Scenes:
 def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
                 min_object: float = 0.15, max_object: float = 0.35,
                 noise: float = 0.02, separate: bool = False, border: int = 0,
-                texture: float = 0.0, trigger: float = 0.0, min_objects: int = 1) -> Scenes:
+                texture: float = 0.0, trigger: float = 0.0, min_objects: int = 1,
+                clutter: float = 0.0) -> Scenes:
     """``n`` scenes, identical for identical arguments.
 
     ``separate=True`` places objects so that their boxes do not touch (a count is then
@@ -232,7 +233,12 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
     * ``trigger`` — probability that a scene holds one :data:`TRIGGER` cross (shape index
       ``len(SHAPES)``) in place of an ordinary object (labels: ``trigger``, ``count_trigger``);
     * ``min_objects`` — the fewest objects a scene asks for (0: some scenes are empty, so
-      no object is there to be relied on; label them with ``count0``).
+      no object is there to be relied on; label them with ``count0``);
+    * ``clutter`` — amplitude of a coloured random field added to the background, blocks
+      of 2, 4, 8 and 16 px at random offsets summed with equal weight (unit standard
+      deviation before scaling): unlike the flat background or the grating, no two
+      background patches look alike, so attending to "all background" is no longer a
+      no-op (objects stay flat-coloured and are drawn over it).
     """
     if n < 1 or size < 8:
         raise ValueError("Need n >= 1 and size >= 8.")
@@ -260,6 +266,8 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
             freq *= rng.uniform(2, 6) / (np.linalg.norm(freq) + 1e-8)
             wave = np.sin(2 * np.pi * (freq[0] * xx + freq[1] * yy) / size + rng.uniform(0, 2 * np.pi))
             img = img + texture * wave[..., None] * rng.uniform(0.5, 1, 3)
+        if clutter:
+            img = img + clutter * _clutter_field(rng, size)
         k = int(rng.integers(min_objects, max_objects + 1))
         pending_trigger = bool(trigger) and rng.random() < trigger
         bx, sh = [], []
@@ -296,9 +304,22 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
     return Scenes(images, masks, boxes, shapes, seed)
 
 
+def _clutter_field(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A ``(size, size, 3)`` field of unit standard deviation: random blocks of 2, 4, 8
+    and 16 px (each grid shifted by a random offset), summed with equal weight."""
+    field = np.zeros((size, size, 3), np.float32)
+    scales = (2, 4, 8, 16)
+    for cell in scales:
+        grid = rng.normal(size=(size // cell + 2, size // cell + 2, 3)).astype(np.float32)
+        up = np.repeat(np.repeat(grid, cell, axis=0), cell, axis=1)
+        dy, dx = (int(v) for v in rng.integers(0, cell, 2))
+        field += up[dy:dy + size, dx:dx + size]
+    return field / np.sqrt(len(scales))
+
+
 #: the arguments of :func:`make_scenes` that describe a distribution of scenes
 SCENE_OPTIONS = ("size", "max_objects", "min_object", "max_object", "noise", "separate", "border",
-                 "texture", "trigger", "min_objects")
+                 "texture", "trigger", "min_objects", "clutter")
 
 
 def scene_kwargs(options: dict) -> dict:
