@@ -90,6 +90,21 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
     assert "--until 4" in cfg["result"]["command"] and "--resume" in cfg["result"]["command"]
 
 
+def test_a_stopped_runs_checkpoint_loads_as_a_model(tmp_path):
+    from vitreg_lib.features import extract
+    from vitreg_lib.train import load_checkpoint
+
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "r"), "--until", "3"])
+    cfg, lm, step = load_checkpoint(tmp_path / "r")
+    assert step == 3 and cfg.objective == "dense_both" and not lm.model.training
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(v, ck["model"][k]) for k, v in lm.model.state_dict().items())
+    feats = extract(lm, torch.zeros(2, 3, cfg.img_size, cfg.img_size), layers="all", progress=False)
+    assert feats.patches(0).shape[:2] == (2, (cfg.img_size // cfg.patch) ** 2)
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        load_checkpoint(tmp_path / "nothing")
+
+
 def test_fixed_set_run_resumes_bit_for_bit(tmp_path):
     """The sampler of a fixed training set carries random state: it is checkpointed too."""
     main(["--preset", "tiny_test", "--out", str(tmp_path / "whole")])

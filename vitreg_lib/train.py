@@ -266,14 +266,35 @@ def _site_stats(n: np.ndarray, background: np.ndarray | None, prefix: str = "") 
     return {prefix + k: v for k, v in row.items()}
 
 
+def as_loaded(model: torch.nn.Module, name: str, img_size: int) -> LoadedModel:
+    """A model of the trainer wrapped for :func:`vitreg_lib.features.extract` (with the
+    trainer's input normalisation)."""
+    spec = ModelSpec(name, "mini", "", "mini", registers=int(model.num_reg_tokens or 0),
+                     cls_token=model.cls_token is not None, img_size=img_size)
+    return LoadedModel(spec, model, MEAN, STD, img_size)
+
+
+def load_checkpoint(folder: str | Path) -> tuple[TrainConfig, LoadedModel, int]:
+    """The model of an unfinished run, from ``folder/checkpoint.pt``: ``(config, model,
+    step)``, the model in eval mode, ready for :func:`vitreg_lib.features.extract`."""
+    path = Path(folder) / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}: a run writes one every "
+                                f"checkpoint_every seconds and when it is stopped.")
+    ck = torch.load(path, weights_only=True, map_location="cpu")
+    cfg = TrainConfig(**ck["config"])
+    model = build_vit(cfg.arch(ck["model"]["head.weight"].shape[0]))
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return cfg, as_loaded(model, Path(folder).name, cfg.img_size), int(ck["step"])
+
+
 def norm_stats(model: torch.nn.Module, probe: torch.Tensor, name: str,
                background: np.ndarray | None = None) -> list[dict]:
     """Per-layer norm statistics on ``probe`` (the training log; see the module's
     docstring). ``background``: ``[B, num_patches]`` bool, True where a patch holds no
     object pixel; without it the background shares are left out."""
-    spec = ModelSpec(name, "mini", "", "mini", registers=int(model.num_reg_tokens or 0),
-                     cls_token=model.cls_token is not None, img_size=probe.shape[-1])
-    lm = LoadedModel(spec, model, MEAN, STD, probe.shape[-1])
+    lm = as_loaded(model, name, probe.shape[-1])
     feats = extract(lm, probe, layers="all", mid=True, received=True, progress=False)
     lay = feats.layout
     bg = None if background is None else np.asarray(background, bool).ravel()

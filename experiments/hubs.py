@@ -1,0 +1,59 @@
+"""Where a run's attention hubs sit, read from its checkpoint.
+
+    python experiments/hubs.py RUN [--scenes 96] [--seed 4242]
+
+For each block: the head whose most-attended patch takes the largest share of the
+attention (averaged over images), that share, how often the hub is a background patch,
+and the hub's norm rank among the 256 patch tokens (0 = highest norm), separately for
+empty scenes and scenes with objects. The numbers quoted in RESULTS.md come from here.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vitreg_lib.data import make_scenes  # noqa: E402
+from vitreg_lib.features import extract  # noqa: E402
+from vitreg_lib.outliers import token_norms  # noqa: E402
+from vitreg_lib.train import _to_tensor, load_checkpoint  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("--scenes", type=int, default=96)
+    ap.add_argument("--seed", type=int, default=4242)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg, lm, step = load_checkpoint(ROOT / "experiments" / "runs" / args.run)
+    scenes = make_scenes(args.scenes, seed=args.seed, **cfg.scene())
+    counts = np.array([len(b) for b in scenes.boxes])
+    feats = extract(lm, _to_tensor(scenes.images), layers="all", received=True, progress=False)
+    fg = scenes.patch_foreground(cfg.patch).reshape(len(counts), -1)
+    print(f"{args.run}: step {step} ({step * cfg.batch / 1e6:.3f} M images), "
+          f"{args.scenes} scenes of seed {args.seed}")
+    for layer in range(cfg.depth):
+        received = feats.attention_received(layer)[..., -fg.shape[1]:]  # [B, heads, patches]
+        top, hub = received.max(-1)
+        norms = token_norms(feats.patches(layer)).numpy()
+        parts = []
+        for name, sel in (("empty", counts == 0), ("with objects", counts > 0)):
+            idx = np.where(sel)[0]
+            if not len(idx):
+                continue
+            head = int(top[idx].mean(0).argmax())
+            on_bg = np.mean([fg[i, hub[i, head]] == 0 for i in idx])
+            rank = np.mean([(norms[i] > norms[i, hub[i, head]]).sum() for i in idx])
+            parts.append(f"{name} (n={len(idx)}): head {head}, hub takes {float(top[idx, head].mean()):.2f}, "
+                         f"on background {on_bg:.2f}, norm rank {rank:.0f}/{fg.shape[1]}")
+        print(f"block {layer}: " + " | ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
