@@ -124,6 +124,23 @@ def run(names: list[str], jobs: int) -> None:
         p.wait()
 
 
+def _spent(name: str) -> tuple[float, int]:
+    """Core-hours and images a run has consumed: from its checkpoint (written every 10
+    minutes and on stop, so it runs ahead of the last log point), else its last log point."""
+    import torch
+
+    folder = HERE / "runs" / name
+    wall, images = 0.0, 0
+    if (folder / "log.json").is_file():
+        last = json.loads((folder / "log.json").read_text())[-1]
+        wall, images = last["wall_s"], last["images"]
+    if (folder / "checkpoint.pt").is_file():
+        ck = torch.load(folder / "checkpoint.pt", weights_only=True, map_location="cpu")
+        batch = ck["config"]["batch"]
+        wall, images = max(wall, ck["wall_s"]), max(images, ck["step"] * batch)
+    return wall / 3600, images
+
+
 def _v2_row(name: str, preset: str, overrides: dict) -> str:
     """One row of the v2 table, from the run's log (the last logged point)."""
     from vitreg_lib.train import PRESETS, criterion, emergence
@@ -142,7 +159,7 @@ def _v2_row(name: str, preset: str, overrides: dict) -> str:
     emerged = emergence(log)
     gap_bg = "—" if c["gap_background"] is None else f"{100 * c['gap_background']:.0f} %"
     return (f"| {name} | {last['images'] / 1e6:.2f} M ({100 * last['step'] / steps:.0f} %, {state}) "
-            f"| {last['wall_s'] / 3600:.1f} | {metric} | {c['layer']}, {c['site']} "
+            f"| {_spent(name)[0]:.1f} | {metric} | {c['layer']}, {c['site']} "
             f"| {100 * c['gap_fraction']:.2f} | {gap_bg} "
             f"| {100 * c['top1_background']:.0f} % ({100 * c['background_share']:.0f} %) "
             f"| {c['max_over_median']:.1f} | {top_sink:.2f} "
@@ -199,7 +216,14 @@ def report() -> None:
     head = text.split("<!-- table -->")[0] if "<!-- table -->" in text else "# Mini-lab experiments\n\n"
     v2_head, v1_head = head.split("<!-- v2 table -->") if "<!-- v2 table -->" in head else (head, "")
     v1_head = v1_head.split("<!-- v2 end -->")[-1]
-    v2_part = ("<!-- v2 table -->\n" + V2_LEGEND + "\n\n" + "\n".join(rows2) + "\n\n" + "\n".join(recipes)
+    spent = [_spent(n) for n in v2]
+    total = (f"Spent so far on v2: {sum(h for h, _ in spent):.1f} core-hours and "
+             f"{sum(i for _, i in spent) / 1e6:.2f} M training images over "
+             f"{sum(i > 0 for _, i in spent)} runs "
+             "(*core-h* counts each run's training wall time up to its latest checkpoint; one "
+             "thread per run).")
+    v2_part = ("<!-- v2 table -->\n" + V2_LEGEND + "\n\n" + "\n".join(rows2) + "\n\n" + total + "\n\n"
+               + "\n".join(recipes)
                + "\n\n" + "\n\n".join(figures) + "\n<!-- v2 end -->")
     v1_table = "<!-- table -->\n" + "\n".join(rows) + "\n"
     (HERE / "RESULTS.md").write_text(v2_head + v2_part + v1_head + v1_table)
