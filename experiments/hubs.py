@@ -4,8 +4,9 @@
 
 For each block: the head whose most-attended patch takes the largest share of the
 attention (averaged over images), that share, how often the hub is a background patch,
-and the hub's norm rank among the 256 patch tokens (0 = highest norm), separately for
-empty scenes and scenes with objects. The numbers quoted in RESULTS.md come from here.
+the hub's norm rank among the 256 patch tokens (0 = highest norm) and, where the model
+has them, the share the prefix tokens ([CLS], registers) take, separately for empty
+scenes and scenes with objects. The numbers quoted in RESULTS.md come from here.
 """
 
 import argparse
@@ -39,7 +40,9 @@ def main() -> None:
     print(f"{args.run}: step {step} ({step * cfg.batch / 1e6:.3f} M images), "
           f"{args.scenes} scenes of seed {args.seed}")
     for layer in range(cfg.depth):
-        received = feats.attention_received(layer)[..., -fg.shape[1]:]  # [B, heads, patches]
+        everything = feats.attention_received(layer)  # [B, heads, tokens]
+        received = everything[..., -fg.shape[1]:]  # the patches
+        prefix = everything[..., :-fg.shape[1]].sum(-1)  # [CLS] and registers together
         top, hub = received.max(-1)
         norms = token_norms(feats.patches(layer)).numpy()
         parts = []
@@ -51,7 +54,9 @@ def main() -> None:
             on_bg = np.mean([fg[i, hub[i, head]] == 0 for i in idx])
             rank = np.mean([(norms[i] > norms[i, hub[i, head]]).sum() for i in idx])
             parts.append(f"{name} (n={len(idx)}): head {head}, hub takes {float(top[idx, head].mean()):.2f}, "
-                         f"on background {on_bg:.2f}, norm rank {rank:.0f}/{fg.shape[1]}")
+                         f"on background {on_bg:.2f}, norm rank {rank:.0f}/{fg.shape[1]}"
+                         + (f"; prefix tokens take {float(prefix[idx, head].mean()):.2f}"
+                            if everything.shape[-1] > fg.shape[1] else ""))
         print(f"block {layer}: " + " | ".join(parts))
 
 
