@@ -151,11 +151,13 @@ def test_page_states_the_rules_and_shows_both_tiers(results):
     quantity, tier, model, paper, here, verdict, chapter, texts = cells[0]
     assert (quantity, tier, model, paper, here, verdict) == \
         ("outlier\\_pct", "mini", "mini\\_reg0", "2.37", "0", "**not comparable** (marked no)")
-    assert texts == ("*comparable:* no: a 1 M-parameter model, no outliers; "
-                     "*data / rule:* histogram gap rule \\| last block; 16 scenes, cost \\$0")
+    assert texts == "1"  # the note is written once, under the table
+    assert ("\n1. *comparable:* no: a 1 M-parameter model, no outliers; "
+            "*data / rule:* histogram gap rule \\| last block; 16 scenes, cost \\$0\n") in md
     assert chapter == "{doc}`chapter 1 </notebooks/01_high_norm_tokens>`"
     assert cells[3][4] == "—" and cells[3][5] == "**not comparable** (not measured)"
-    assert cells[3][7] == "*data / rule:* no outliers: no ratio"  # no comparable entry: no label
+    f1_notes = md.split("## F1")[1].split("## F4")[0]
+    assert f"\n{cells[3][7]}. *data / rule:* no outliers: no ratio\n" in f1_notes  # no comparable: no label
     flops = [c for c in cells if c[0].replace("\u200b", "").replace("\\", "") == "extra_flops_pct_vitl_4"][0]
     assert flops[0] == "extra\\_\u200bflops\\_\u200bpct\\_\u200bvitl\\_\u200b4"  # a long name may wrap
     assert flops[3] == "\\< 2" and flops[5] == "**reproduced** (\\< 2)" and flops[7] == ""
@@ -181,7 +183,7 @@ def test_page_parses_as_the_table_it_claims(results):
     assert widths == [len(scorecard.COLUMNS)] * (5 + 9)  # a header row per finding, a row per number
     assert not [c for t in tokens for c in (t.children or []) if "math" in c.type]
     html = parser.render(md)
-    assert "<em>data / rule:</em> histogram gap rule | last block; 16 scenes, cost $0</td>" in html
+    assert "<em>data / rule:</em> histogram gap rule | last block; 16 scenes, cost $0</li>" in html
 
 
 def test_page_without_results_says_so(tmp_path):

@@ -63,7 +63,7 @@ REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not reproduced", "no
 
 #: the table's columns: short ones first, the two long texts share the last, so that the
 #: table fits the book's text column (nine columns did not: every cell wrapped word by word)
-COLUMNS = ("quantity", "tier", "model", "paper", "here", "verdict", "chapter", "comparable; data / rule")
+COLUMNS = ("quantity", "tier", "model", "paper", "here", "verdict", "chapter", "note")
 
 _CLAIM = re.compile(r"^\s*(<=|>=|≤|≥|<|>|~|≈)?\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 
@@ -255,14 +255,18 @@ def page(results_root: Path, chapters: dict[str, str] | None = None) -> str:
     for finding in dict.fromkeys(r.finding for r in found):
         title = f"## {finding}: {FINDINGS.get(finding, '')}".rstrip(": ")
         lines += ["", title, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        notes: dict[str, int] = {}  # a note's text -> its number under this finding's table
         for r in (r for r in found if r.finding == finding):
             doc = chapters.get(r.notebook)
             number = r.notebook.split("_")[0].lstrip("0") or r.notebook
             link = f"{{doc}}`chapter {number} </{doc}>`" if doc else _cell(r.notebook)
             texts = [f"*comparable:* {_breakable(r.comparable)}" if r.comparable else "",
                      f"*data / rule:* {_breakable(r.note)}" if r.note else ""]
+            text = "; ".join(filter(None, texts))
+            number = str(notes.setdefault(text, len(notes) + 1)) if text else ""
             cells = [_breakable(r.quantity), r.tier, _breakable(r.model or ""), _cell(_show(r.paper)),
-                     _cell(_show(r.value)), f"**{r.verdict}** ({_cell(r.criterion)})", link,
-                     "; ".join(filter(None, texts))]
+                     _cell(_show(r.value)), f"**{r.verdict}** ({_cell(r.criterion)})", link, number]
             lines.append("| " + " | ".join(cells) + " |")
+        if notes:  # the long texts under the table, once each, so the rows stay one line high
+            lines += ["", "Notes:", ""] + [f"{n}. {text}" for text, n in notes.items()]
     return "\n".join(lines) + "\n"
