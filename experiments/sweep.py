@@ -96,6 +96,14 @@ EXPERIMENTS = {
                         "background patches all differ, so a head with nothing to do needs one token "
                         "made canonical, and writing a large vector into a redundant patch is how the "
                         "paper's models do it. The [CLS] objective leaves patches free to be recycled"),
+    "v2h_regions_cls": ("lab_v2", dict(cls_token=True, objective="label", layerscale=1e-4, no_decay_1d=True,
+                                       regions=5),
+                        "(h) redundant but not uniform: (e) on scenes whose background is 2-5 flat "
+                        "regions of different colours (regions 5). The paper's artifacts sit on patches "
+                        "that look like their neighbours (F3), which clutter (g) destroys; here most "
+                        "background patches match their neighbours, yet attending to all background "
+                        "mixes several values, so a head with nothing to do still needs one canonical "
+                        "token"),
 }
 
 

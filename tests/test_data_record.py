@@ -152,6 +152,27 @@ def test_clutter_varies_the_background_and_leaves_objects_flat():
     assert "clutter" in SCENE_OPTIONS
 
 
+def test_regions_split_the_background_into_flat_parts():
+    assert np.array_equal(make_scenes(4, seed=3, size=32).images,
+                          make_scenes(4, seed=3, size=32, regions=0).images)
+    plain = make_scenes(16, seed=3, size=32, noise=0.0)
+    reg = make_scenes(16, seed=3, size=32, noise=0.0, regions=5)
+
+    def spreads(s):  # (spread of background patch means over the image, mean step to a neighbour)
+        means = s.images.reshape(16, 8, 4, 8, 4, 3).mean(axis=(2, 4)).astype(float)
+        bg = s.patch_foreground(4) == 0
+        spread = np.mean([means[i][bg[i]].std(axis=0).mean() for i in range(16)])
+        both = bg[:, :, 1:] & bg[:, :, :-1]
+        step = np.abs(means[:, :, 1:] - means[:, :, :-1]).mean(-1)[both]
+        return spread, np.median(step)
+    (s0, n0), (s1, n1) = spreads(plain), spreads(reg)
+    assert s1 > 3 * s0  # the background is no longer one value...
+    assert n1 < 2 * n0 + 1  # ...yet most neighbouring background patches still look alike
+    with pytest.raises(ValueError, match="regions"):
+        make_scenes(1, regions=1)
+    assert "regions" in SCENE_OPTIONS
+
+
 def test_a_readers_own_folder_for_probes_photos_and_discovery(tmp_path):
     import json as _json
 

@@ -213,7 +213,7 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
                 min_object: float = 0.15, max_object: float = 0.35,
                 noise: float = 0.02, separate: bool = False, border: int = 0,
                 texture: float = 0.0, trigger: float = 0.0, min_objects: int = 1,
-                clutter: float = 0.0) -> Scenes:
+                clutter: float = 0.0, regions: int = 0) -> Scenes:
     """``n`` scenes, identical for identical arguments.
 
     ``separate=True`` places objects so that their boxes do not touch (a count is then
@@ -238,7 +238,12 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
       of 2, 4, 8 and 16 px at random offsets summed with equal weight (unit standard
       deviation before scaling): unlike the flat background or the grating, no two
       background patches look alike, so attending to "all background" is no longer a
-      no-op (objects stay flat-coloured and are drawn over it).
+      no-op (objects stay flat-coloured and are drawn over it);
+    * ``regions`` — the background is split into 2..``regions`` flat regions (the cells of
+      random points, like sky, wall and floor), each a colour up to 0.3 away from the
+      scene's base colour per channel: most background patches look like their
+      neighbours (redundant, as where the paper's artifacts sit), yet the background as a
+      whole is not one value.
     """
     if n < 1 or size < 8:
         raise ValueError("Need n >= 1 and size >= 8.")
@@ -261,6 +266,8 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
         direction /= np.linalg.norm(direction) + 1e-8
         ramp = ((xx * direction[0] + yy * direction[1]) / size)[..., None]
         img = base + 0.15 * rng.uniform(-1, 1, 3) * ramp
+        if regions:
+            img = img + _region_offsets(rng, size, regions)
         if texture:
             freq = rng.uniform(2, 6) * rng.normal(size=2)
             freq *= rng.uniform(2, 6) / (np.linalg.norm(freq) + 1e-8)
@@ -317,9 +324,22 @@ def _clutter_field(rng: np.random.Generator, size: int) -> np.ndarray:
     return field / np.sqrt(len(scales))
 
 
+def _region_offsets(rng: np.random.Generator, size: int, regions: int) -> np.ndarray:
+    """A ``(size, size, 3)`` piecewise-constant field: 2..``regions`` cells of random
+    points (nearest point wins), each a colour offset up to 0.3 per channel."""
+    if regions < 2:
+        raise ValueError(f"regions={regions}: use 0 (one flat background) or at least 2.")
+    k = int(rng.integers(2, regions + 1))
+    points = rng.uniform(0, size, (k, 2))
+    offsets = rng.uniform(-0.3, 0.3, (k, 3))
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    d = (yy[..., None] - points[:, 0]) ** 2 + (xx[..., None] - points[:, 1]) ** 2
+    return offsets[d.argmin(-1)].astype(np.float32)
+
+
 #: the arguments of :func:`make_scenes` that describe a distribution of scenes
 SCENE_OPTIONS = ("size", "max_objects", "min_object", "max_object", "noise", "separate", "border",
-                 "texture", "trigger", "min_objects", "clutter")
+                 "texture", "trigger", "min_objects", "clutter", "regions")
 
 
 def scene_kwargs(options: dict) -> dict:

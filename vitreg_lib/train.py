@@ -29,8 +29,8 @@ refused.
 **Data.** ``fresh=False`` (the bundled minis) samples batches from a fixed training set
 of ``n_train`` scenes; ``fresh=True`` draws new scenes every step, seeded by
 ``(seed, step)``, so no image is seen twice and nothing but the step is needed to
-resume. Scene options (``border``, ``texture``, ``clutter``, ``trigger``, object sizes, image size)
-are :func:`vitreg_lib.data.make_scenes`'s.
+resume. Scene options (``border``, ``texture``, ``clutter``, ``regions``, ``trigger``,
+object sizes, image size) are :func:`vitreg_lib.data.make_scenes`'s.
 
 **Objectives** (``objective``):
 
@@ -108,6 +108,7 @@ class TrainConfig:
     border: int = 0  # pixels along the edge that no object enters
     texture: float = 0.0  # amplitude of a background grating
     clutter: float = 0.0  # amplitude of a random multi-scale background field
+    regions: int = 0  # up to this many flat background regions of different colours (0: one)
     trigger: float = 0.0  # probability of the rare trigger shape in a scene
     noise: float = 0.02
     fresh: bool = False  # new scenes every step instead of a fixed training set
@@ -156,7 +157,7 @@ class TrainConfig:
                    max_object=self.max_object, separate=self.separate_objects)
         # options left at their defaults are left out, so old configs read the same
         for key, default in (("border", 0), ("texture", 0.0), ("trigger", 0.0), ("noise", 0.02),
-                             ("min_objects", 1), ("clutter", 0.0)):
+                             ("min_objects", 1), ("clutter", 0.0), ("regions", 0)):
             if getattr(self, key) != default:
                 out[key] = getattr(self, key)
         return out
