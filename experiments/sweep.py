@@ -104,6 +104,14 @@ EXPERIMENTS = {
                         "background patches match their neighbours, yet attending to all background "
                         "mixes several values, so a head with nothing to do still needs one canonical "
                         "token"),
+    "v2i_regions_texobj": ("lab_v2", dict(cls_token=True, objective="label", layerscale=1e-4,
+                                          no_decay_1d=True, regions=5, object_clutter=0.1),
+                           "(i) no ready-made canonical token: (h) with objects filled by a random "
+                           "field of their own (object_clutter 0.1). In (a)-(h) the hubs sat on object "
+                           "patches, most often at an edge, where a flat object meets the background: "
+                           "the one kind of patch that looks the same in every image. Textured objects "
+                           "take that away, as natural images do, so a head that needs a fixed place "
+                           "to attend must make one"),
 }
 
 

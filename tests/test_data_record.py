@@ -173,6 +173,20 @@ def test_regions_split_the_background_into_flat_parts():
     assert "regions" in SCENE_OPTIONS
 
 
+def test_object_clutter_textures_objects_and_keeps_their_masks():
+    flat = make_scenes(6, seed=4, size=32, noise=0.0, separate=True)
+    assert np.array_equal(flat.images, make_scenes(6, seed=4, size=32, noise=0.0, separate=True,
+                                                   object_clutter=0.0).images)
+    tex = make_scenes(6, seed=4, size=32, noise=0.0, separate=True, object_clutter=0.1)
+    # the objects' fields come from a stream of their own, so the layout is the same
+    assert np.array_equal(tex.masks, flat.masks) and all(map(np.array_equal, tex.boxes, flat.boxes))
+    for s, few in ((flat, True), (tex, False)):
+        colours = [len(np.unique(img[m].reshape(-1, 3), axis=0)) for img, m in zip(s.images, s.masks)]
+        assert (max(colours) <= 4) == few  # flat: one colour per object; textured: many
+    assert np.array_equal(tex.images[~tex.masks], flat.images[~flat.masks])  # background untouched
+    assert "object_clutter" in SCENE_OPTIONS
+
+
 def test_a_readers_own_folder_for_probes_photos_and_discovery(tmp_path):
     import json as _json
 

@@ -213,7 +213,7 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
                 min_object: float = 0.15, max_object: float = 0.35,
                 noise: float = 0.02, separate: bool = False, border: int = 0,
                 texture: float = 0.0, trigger: float = 0.0, min_objects: int = 1,
-                clutter: float = 0.0, regions: int = 0) -> Scenes:
+                clutter: float = 0.0, regions: int = 0, object_clutter: float = 0.0) -> Scenes:
     """``n`` scenes, identical for identical arguments.
 
     ``separate=True`` places objects so that their boxes do not touch (a count is then
@@ -243,7 +243,11 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
       random points, like sky, wall and floor), each a colour up to 0.3 away from the
       scene's base colour per channel: most background patches look like their
       neighbours (redundant, as where the paper's artifacts sit), yet the background as a
-      whole is not one value.
+      whole is not one value;
+    * ``object_clutter`` — amplitude of a random field like ``clutter``'s, drawn anew for
+      each object and added inside it: objects are no longer flat, so no object patch
+      looks like another object's (drawn from a stream of their own, so the scene's layout,
+      masks and boxes are those drawn without it).
     """
     if n < 1 or size < 8:
         raise ValueError("Need n >= 1 and size >= 8.")
@@ -300,7 +304,11 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
             elif kind == 3:  # the trigger: a cross, arms a third of the side wide
                 inside &= (np.abs(u + 0.5 - side / 2) <= side / 6) | (np.abs(v + 0.5 - side / 2) <= side / 6)
             colour = (base + rng.uniform(0.35, 0.6, 3) * rng.choice([-1, 1], 3)) % 1.0
-            img[inside] = colour
+            if object_clutter:
+                own = np.random.default_rng((seed, i, len(bx)))  # its own stream: the layout stays
+                img[inside] = colour + object_clutter * _clutter_field(own, size)[inside]
+            else:
+                img[inside] = colour
             masks[i] |= inside
             bx.append((x0, y0, x0 + side, y0 + side))
             sh.append(kind)
@@ -339,7 +347,7 @@ def _region_offsets(rng: np.random.Generator, size: int, regions: int) -> np.nda
 
 #: the arguments of :func:`make_scenes` that describe a distribution of scenes
 SCENE_OPTIONS = ("size", "max_objects", "min_object", "max_object", "noise", "separate", "border",
-                 "texture", "trigger", "min_objects", "clutter", "regions")
+                 "texture", "trigger", "min_objects", "clutter", "regions", "object_clutter")
 
 
 def scene_kwargs(options: dict) -> dict:

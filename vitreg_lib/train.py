@@ -109,6 +109,7 @@ class TrainConfig:
     texture: float = 0.0  # amplitude of a background grating
     clutter: float = 0.0  # amplitude of a random multi-scale background field
     regions: int = 0  # up to this many flat background regions of different colours (0: one)
+    object_clutter: float = 0.0  # amplitude of a random field inside each object (0: flat objects)
     trigger: float = 0.0  # probability of the rare trigger shape in a scene
     noise: float = 0.02
     fresh: bool = False  # new scenes every step instead of a fixed training set
@@ -157,7 +158,8 @@ class TrainConfig:
                    max_object=self.max_object, separate=self.separate_objects)
         # options left at their defaults are left out, so old configs read the same
         for key, default in (("border", 0), ("texture", 0.0), ("trigger", 0.0), ("noise", 0.02),
-                             ("min_objects", 1), ("clutter", 0.0), ("regions", 0)):
+                             ("min_objects", 1), ("clutter", 0.0), ("regions", 0),
+                             ("object_clutter", 0.0)):
             if getattr(self, key) != default:
                 out[key] = getattr(self, key)
         return out
