@@ -29,8 +29,9 @@ refused.
 **Data.** ``fresh=False`` (the bundled minis) samples batches from a fixed training set
 of ``n_train`` scenes; ``fresh=True`` draws new scenes every step, seeded by
 ``(seed, step)``, so no image is seen twice and nothing but the step is needed to
-resume. Scene options (``border``, ``texture``, ``clutter``, ``regions``, ``trigger``,
-object sizes, image size) are :func:`vitreg_lib.data.make_scenes`'s.
+resume. Scene options (``border``, ``texture``, ``clutter``, ``regions``,
+``object_clutter``, ``min_objects``, ``trigger``, object sizes, image size) are
+:func:`vitreg_lib.data.make_scenes`'s.
 
 **Objectives** (``objective``):
 
