@@ -112,6 +112,20 @@ EXPERIMENTS = {
                            "the one kind of patch that looks the same in every image. Textured objects "
                            "take that away, as natural images do, so a head that needs a fixed place "
                            "to attend must make one"),
+    # mini-lab v3: the same search at 64 patches (32-px scenes, a 1-patch background frame):
+    # ~1 core-hour per million images, so a mechanism gets millions of images, and a pair
+    # of runs that differ only in their registers can be compared within a session
+    "v3a_texobj_r0": ("lab_v3", dict(regions=5, object_clutter=0.1),
+                      "(v3a) (i) at 64 patches: a [CLS] classifier of the count on scenes whose "
+                      "background is 2-5 flat regions and whose objects are textured, so no patch "
+                      "kind looks alike in every image (no ready-made place for a head to do "
+                      "nothing) while background patches stay redundant with their neighbours"),
+    "v3a_texobj_r4": ("lab_v3", dict(regions=5, object_clutter=0.1, registers=4),
+                      "(v3a, demand test) the same with 4 registers. Registers are the free place "
+                      "to park attention or keep global state: if the recipe asks for one, the "
+                      "registers take a large share of the attention and grow high norms, and the "
+                      "0-register model has to make such a place out of patches; if they take "
+                      "little, the recipe asks for none and no scene option will make one"),
 }
 
 

@@ -21,6 +21,8 @@ def test_trainer_writes_loadable_checkpoint_and_norm_log(tmp_path):
         for row in entry["layers"]:
             assert 0 < row["median"] <= row["p99"] <= row["max"]
             assert 0 <= row["gap_fraction"] <= 1 and row["register_norm_mean"] > 0
+            # shares of one head's attention: the registers' is part of the prefix's
+            assert 0 <= row["register_attention"] <= row["prefix_attention"] <= 1 + 1e-6
     model = build_vit(cfg["arch"])
     model.load_state_dict(load_file(str(tmp_path / "a" / "model.safetensors")))
     assert len(list((tmp_path / "a" / "snapshots").glob("step_*.safetensors"))) == 1
