@@ -126,6 +126,49 @@ EXPERIMENTS = {
                       "registers take a large share of the attention and grow high norms, and the "
                       "0-register model has to make such a place out of patches; if they take "
                       "little, the recipe asks for none and no scene option will make one"),
+    # v3 demand screens: v3a_texobj_r4's registers took 5-8 % of any head's attention (a
+    # uniform share is 5.8 %) and kept the patches' median norm: the count recipe asks for no
+    # sink. Before another 0-register run, find a recipe whose registers *are* used: short
+    # runs (0.2 M images, ~10 min on one core; constant schedule, so extendable), 4 registers
+    "v3d_dense_r4": ("lab_v3", dict(registers=4, cls_token=False, objective="dense_label", steps=3200),
+                     "(demand, broadcast) no [CLS]; every patch predicts the count. Every patch needs "
+                     "the same global number, and the registers are the one place to gather it once "
+                     "and broadcast it (Fesser et al.'s broadcast sink)"),
+    "v3d_pool_r4": ("lab_v3", dict(registers=4, cls_token=False, steps=3200),
+                    "(demand, pooled) no [CLS]; the mean of the patches is classified. Patches must "
+                    "carry the count themselves, and the registers can compute it for them"),
+    "v3d_deep_r4": ("lab_v3", dict(registers=4, depth=12, steps=3200),
+                    "(demand, no-op) a [CLS] classifier twice as deep: the count is found in a few "
+                    "blocks, so the later blocks' heads have nothing to do and need a place to do "
+                    "nothing (Bondarenko et al.'s no-op heads)"),
+    "v3d_adam_r4": ("lab_v3", dict(registers=4, lr=5e-3, weight_decay=0.0, beta2=0.99, steps=3200),
+                    "(demand, optimiser) the [CLS] classifier with Adam's sink-growing levers: 2.5x "
+                    "the learning rate, no weight decay, beta2 0.99 (Guo et al.'s setting; He et al.)"),
+    "v3d_heads_r4": ("lab_v3", dict(registers=4, heads=8, steps=3200),
+                     "(demand, heads) the [CLS] classifier with 8 heads of 8 dimensions: more heads "
+                     "than the count needs, so some have nothing to do"),
+    "v3d_objects_r4": ("lab_v3", dict(registers=4, cls_token=False, objective="dense_objects", steps=3200),
+                       "(demand, no-op on background) no [CLS]; object patches predict the count, "
+                       "every patch reconstructs itself: the heads that gather the count must do "
+                       "nothing for the background queries"),
+    "v3d_counts_r4": ("lab_v3", dict(registers=4, task="shape_counts", steps=3200),
+                      "(demand, global memory) the [CLS] classifier of how many squares, circles and "
+                      "triangles a scene holds (three counters, each bound to a shape, 125 classes): "
+                      "more global state to build than one count, and the registers can hold it"),
+    # counting with softmax attention needs a reference of fixed weight: the share of a head's
+    # attention on n objects rises with n only against it. In the scenes so far ~80-90 % of the
+    # patches are background of a nearly constant total weight, and that pool can be the
+    # reference (so no single token is needed); where the background's extent changes from
+    # scene to scene, only a token of fixed key can be, and making a patch's key independent
+    # of its content means adding a large constant vector: a high norm
+    "v3d_sizes_r4": ("lab_v3", dict(registers=4, min_object=0.08, max_object=0.5, steps=3200),
+                     "(demand, counting reference) the [CLS] count with objects of 3-16 px (was "
+                     "4-10), so the background's extent varies widely between scenes and is no "
+                     "longer a reference of fixed weight; registers are"),
+    "v3d_sizes_regions_r4": ("lab_v3", dict(registers=4, min_object=0.08, max_object=0.5, regions=5,
+                                            steps=3200),
+                             "(demand, counting reference) as v3d_sizes_r4 on backgrounds of 2-5 "
+                             "flat regions, whose keys differ: a still weaker reference"),
 }
 
 
@@ -196,6 +239,50 @@ def _v2_row(name: str, preset: str, overrides: dict) -> str:
             f"| {'yes' if c['met'] else 'no'}{'' if emerged is None else f', from {emerged:.2f}'} |")
 
 
+def _v3_row(name: str, preset: str, overrides: dict) -> str:
+    """One row of the v3 table: the v2 row's norm numbers, and whether the registers (or,
+    without them, the [CLS] token) are used as a place to park attention."""
+    import dataclasses
+
+    from vitreg_lib.train import PRESETS, criterion, emergence
+
+    folder = HERE / "runs" / name
+    if not (folder / "log.json").is_file():
+        return f"| {name} | not run | | | | | | | | |"
+    cfg = dataclasses.replace(PRESETS[preset], **overrides)
+    log = json.loads((folder / "log.json").read_text())
+    last = log[-1]
+    state = "finished" if (folder / "model.safetensors").is_file() else "resumable"
+    c = criterion(last)
+    metric = ("patch" if "patch_acc" in last else "image") + \
+        f" {100 * last.get('patch_acc', last['val_acc']):.1f} %"
+    key = "register_attention" if cfg.registers else "prefix_attention"
+    tokens = (cfg.img_size // cfg.patch) ** 2 + cfg.registers + int(cfg.cls_token)
+    uniform = (cfg.registers or int(cfg.cls_token)) / tokens
+    if uniform and key in last["layers"][0]:
+        used = max(last["layers"], key=lambda r: r[key])
+        attn = f"{100 * used[key]:.0f} % in block {used['layer']} ({100 * uniform:.0f} %)"
+    else:
+        attn = "—"
+    norm = ("—" if not cfg.registers else
+            f"{max(r['register_norm_mean'] / r['median'] for r in last['layers']):.1f}")
+    emerged = emergence(log)
+    return (f"| {name} | {last['images'] / 1e6:.2f} M ({state}) | {_spent(name)[0]:.1f} | {metric} "
+            f"| {c['layer']}, {c['site']} | {100 * c['gap_fraction']:.2f} "
+            f"| {100 * c['top1_background']:.0f} % ({100 * c['background_share']:.0f} %) "
+            f"| {c['max_over_median']:.1f} | {attn} | {norm} "
+            f"| {'yes' if c['met'] else 'no'}{'' if emerged is None else f', from {emerged:.2f}'} |")
+
+
+V3_LEGEND = """The last logged point of each v3 run (64 patches). The norm columns are the v2
+table's. *prefix attention*: the largest share of a head's attention (averaged over all
+queries and images) that the registers receive, or the [CLS] token in a model without
+registers, over the blocks, with the share a uniform head would give them in brackets:
+a head that parks its attention there takes most of it. *reg. norm*: the registers'
+mean norm over the patches' median norm, largest over the blocks (DINOv2's registers
+carry the high norms)."""
+
+
 V2_LEGEND = """The last logged point of each v2 run. *block, site*: the block and place (after the
 MLP, `block`; after the attention, `attn`) that comes closest to the criterion (it meets
 it, else the largest gap share, else the largest max/median); *gap %*: share of the patches
@@ -213,13 +300,18 @@ def report() -> None:
     from vitreg_lib.plotting import lab_curves
 
     v2 = {n: e for n, e in EXPERIMENTS.items() if n.startswith("v2")}
+    v3 = {n: e for n, e in EXPERIMENTS.items() if n.startswith("v3")}
+    rows3 = ["| run | images | core-h | task acc. | block, site | gap % | top-1 % on bg (bg share) "
+             "| max / med | prefix attention (uniform) | reg. norm | criterion |", "|" + "---|" * 11]
+    rows3 += [_v3_row(n, preset, overrides) for n, (preset, overrides, _) in v3.items()]
     rows2 = ["| run | images (share of the run) | core-h | task acc. | block, site | gap % "
              "| gap on bg | top-1 % on bg (bg share) | max / med | sink | criterion |", "|" + "---|" * 11]
     recipes = []
     figures = []
     (HERE / "figures").mkdir(exist_ok=True)
-    for name, (preset, overrides, hypothesis) in v2.items():
-        rows2.append(_v2_row(name, preset, overrides))
+    for name, (preset, overrides, hypothesis) in {**v2, **v3}.items():
+        if name in v2:
+            rows2.append(_v2_row(name, preset, overrides))
         recipes.append(f"* `{name}` = `{preset}` + `{overrides}`: {hypothesis}.")
         log_file = HERE / "runs" / name / "log.json"
         if log_file.is_file():
@@ -229,7 +321,7 @@ def report() -> None:
     rows = ["| experiment | hypothesis | overrides | val acc | best layer | outlier % (gap rule) "
             "| max/median norm | emerged at | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for name, (preset, overrides, hypothesis) in EXPERIMENTS.items():
-        if name in v2:
+        if name in v2 or name in v3:
             continue
         log_file = HERE / "runs" / name / "log.json"
         if not log_file.is_file():
@@ -246,18 +338,21 @@ def report() -> None:
     head = text.split("<!-- table -->")[0] if "<!-- table -->" in text else "# Mini-lab experiments\n\n"
     v2_head, v1_head = head.split("<!-- v2 table -->") if "<!-- v2 table -->" in head else (head, "")
     v1_head = v1_head.split("<!-- v2 end -->")[-1]
-    spent = [_spent(n) for n in v2]
-    total = (f"Spent so far on v2: {sum(h for h, _ in spent):.1f} core-hours and "
-             f"{sum(i for _, i in spent) / 1e6:.2f} M training images over "
-             f"{sum(i > 0 for _, i in spent)} runs "
-             "(*core-h* counts each run's training wall time up to its latest checkpoint; one "
-             "thread per run).")
-    v2_part = ("<!-- v2 table -->\n" + V2_LEGEND + "\n\n" + "\n".join(rows2) + "\n\n" + total + "\n\n"
+    def spent_line(names) -> str:
+        spent = [_spent(n) for n in names]
+        return (f"{sum(h for h, _ in spent):.1f} core-hours and {sum(i for _, i in spent) / 1e6:.2f} M "
+                f"training images over {sum(i > 0 for _, i in spent)} runs")
+
+    total = (f"Spent so far on v2: {spent_line(v2)}; on v3: {spent_line(v3)}; on both: "
+             f"{spent_line({**v2, **v3})} (*core-h* counts each run's training wall time up to its "
+             "latest checkpoint; one thread per run).")
+    v2_part = ("<!-- v2 table -->\n" + V2_LEGEND + "\n\n" + "\n".join(rows2) + "\n\n"
+               + V3_LEGEND + "\n\n" + "\n".join(rows3) + "\n\n" + total + "\n\n"
                + "\n".join(recipes)
                + "\n\n" + "\n\n".join(figures) + "\n<!-- v2 end -->")
     v1_table = "<!-- table -->\n" + "\n".join(rows) + "\n"
     (HERE / "RESULTS.md").write_text(v2_head + v2_part + v1_head + v1_table)
-    print("\n".join(rows2 + rows))
+    print("\n".join(rows2 + rows3 + rows))
 
 
 def status(names: list[str]) -> None:

@@ -227,3 +227,15 @@ def test_scenes_may_be_empty_when_asked():
     assert np.array_equal(make_scenes(5, seed=4).images, make_scenes(5, seed=4, min_objects=1).images)
     with pytest.raises(ValueError, match="min_objects"):
         make_scenes(2, min_objects=4, max_objects=3)
+
+
+def test_shape_counts_label_counts_each_shape():
+    s = make_scenes(50, seed=3, size=32, max_objects=4, separate=True, max_object=0.3)
+    y = s.label("shape_counts")
+    for label, shapes in zip(y, s.shapes):
+        squares, circles, triangles = label % 5, label // 5 % 5, label // 25
+        assert [squares, circles, triangles] == [int((shapes == k).sum()) for k in range(3)]
+        assert squares + circles + triangles == len(shapes)
+    assert s.num_classes("shape_counts") == 125 and y.max() < 125
+    with pytest.raises(ValueError, match="no trigger"):
+        make_scenes(20, seed=1, size=32, trigger=0.9).label("shape_counts")

@@ -127,6 +127,16 @@ SHAPES = ("square", "circle", "triangle")
 TRIGGER = "cross"
 
 
+def task_classes(task: str, max_objects: int) -> int:
+    """How many classes :meth:`Scenes.label` has for ``task`` on scenes of at most
+    ``max_objects`` objects."""
+    if task not in Scenes.TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {Scenes.TASKS}.")
+    return {"count": max_objects, "count0": max_objects + 1, "largest_shape": len(SHAPES),
+            "count_shape": max_objects * len(SHAPES), "trigger": 2,
+            "count_trigger": 2 * max_objects, "shape_counts": 5 ** len(SHAPES)}[task]
+
+
 @dataclass
 class Scenes:
     """A batch of procedural scenes.
@@ -142,7 +152,8 @@ class Scenes:
     shapes: list[np.ndarray]
     seed: int
 
-    TASKS = ("count", "count0", "largest_shape", "count_shape", "trigger", "count_trigger")
+    TASKS = ("count", "count0", "largest_shape", "count_shape", "trigger", "count_trigger",
+             "shape_counts")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -160,8 +171,17 @@ class Scenes:
         * ``count_shape`` — both at once (``count_index * 3 + shape``): a global
           label that no single local patch determines;
         * ``trigger`` — 1 if the scene holds the rare :data:`TRIGGER` shape, else 0;
-        * ``count_trigger`` — ``count_index * 2 + trigger``.
+        * ``count_trigger`` — ``count_index * 2 + trigger``;
+        * ``shape_counts`` — how many squares, circles and triangles, all three at once
+          (``squares + 5 * circles + 25 * triangles``, 125 classes, up to 4 of each): a
+          global label with three counters, each bound to a shape.
         """
+        if task == "shape_counts":
+            per = np.array([[int((s == k).sum()) for k in range(len(SHAPES))] for s in self.shapes])
+            if (per > 4).any() or any(np.any(s == len(SHAPES)) for s in self.shapes):
+                raise ValueError("Task 'shape_counts' counts up to 4 of each ordinary shape: use "
+                                 "max_objects <= 4 and no trigger.")
+            return per @ np.array([1, 5, 25])
         count = np.array([len(b) for b in self.boxes]) - 1
         if task == "count0":
             return count + 1
@@ -184,12 +204,8 @@ class Scenes:
         raise ValueError(f"Unknown task {task!r}; choose one of {self.TASKS}.")
 
     def num_classes(self, task: str = "count_shape") -> int:
-        max_objects = int(max(len(b) for b in self.boxes))
-        if task not in self.TASKS:
-            raise ValueError(f"Unknown task {task!r}; choose one of {self.TASKS}.")
-        return {"count": max_objects, "count0": max_objects + 1, "largest_shape": len(SHAPES),
-                "count_shape": max_objects * len(SHAPES), "trigger": 2,
-                "count_trigger": 2 * max_objects}[task]
+        """Classes of ``task`` for the most objects any of these scenes holds."""
+        return task_classes(task, int(max(len(b) for b in self.boxes)))
 
     def pil(self, indices: Iterable[int] | None = None) -> list[Image.Image]:
         idx = range(len(self)) if indices is None else indices

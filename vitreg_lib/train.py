@@ -77,7 +77,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import make_scenes, scene_kwargs
+from .data import make_scenes, scene_kwargs, task_classes
 from .features import extract
 from .models import LoadedModel, ModelSpec, build_vit
 from .outliers import HistogramGap, MeanStd, detect, token_norms
@@ -460,9 +460,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
     fg_val = torch.from_numpy(val_set.patch_foreground(cfg.patch) > 0).flatten(1)
     probe = x_val[: cfg.probe_images]
     probe_bg = val_set.patch_foreground(cfg.patch)[: cfg.probe_images].reshape(len(probe), -1) == 0
-    num_classes = {"count": cfg.max_objects, "count0": cfg.max_objects + 1, "largest_shape": 3,
-                   "count_shape": 3 * cfg.max_objects, "trigger": 2,
-                   "count_trigger": 2 * cfg.max_objects}[cfg.task]
+    num_classes = task_classes(cfg.task, cfg.max_objects)
     if not cfg.fresh and cfg.task in ("count", "count_shape"):
         num_classes = train_set.num_classes(cfg.task)  # the bundled minis' rule, unchanged
     arch = cfg.arch(num_classes)
