@@ -4,9 +4,10 @@
 
 For each block: the head whose most-attended patch takes the largest share of the
 attention (averaged over images), that share, how often the hub is a background patch,
-the hub's norm rank among the 256 patch tokens (0 = highest norm) and, where the model
-has them, the share the prefix tokens ([CLS], registers) take, separately for empty
-scenes and scenes with objects. The numbers quoted in RESULTS.md come from here.
+the hub's norm rank among the patch tokens (0 = highest norm), the patch it sits on most
+often and, where the model has them, the share the prefix tokens ([CLS], registers) take
+of that head's attention and the largest share they take of any head's, separately for
+empty scenes and scenes with objects. The numbers quoted in RESULTS.md come from here.
 """
 
 import argparse
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from vitreg_lib.data import make_scenes  # noqa: E402
 from vitreg_lib.features import extract  # noqa: E402
 from vitreg_lib.outliers import token_norms  # noqa: E402
-from vitreg_lib.train import _to_tensor, load_checkpoint  # noqa: E402
+from vitreg_lib.train import load_checkpoint, to_tensor  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     cfg, lm, step = load_checkpoint(ROOT / "experiments" / "runs" / args.run)
     scenes = make_scenes(args.scenes, seed=args.seed, **cfg.scene())
     counts = np.array([len(b) for b in scenes.boxes])
-    feats = extract(lm, _to_tensor(scenes.images), layers="all", received=True, progress=False)
+    feats = extract(lm, to_tensor(scenes.images), layers="all", received=True, progress=False)
     fg = scenes.patch_foreground(cfg.patch).reshape(len(counts), -1)
     print(f"{args.run}: step {step} ({step * cfg.batch / 1e6:.3f} M images), "
           f"{args.scenes} scenes of seed {args.seed}")
@@ -53,9 +54,15 @@ def main() -> None:
             head = int(top[idx].mean(0).argmax())
             on_bg = np.mean([fg[i, hub[i, head]] == 0 for i in idx])
             rank = np.mean([(norms[i] > norms[i, hub[i, head]]).sum() for i in idx])
+            where, times = np.unique(hub[idx, head].numpy(), return_counts=True)
+            cols = int(round(fg.shape[1] ** 0.5))
+            row, col = divmod(int(where[times.argmax()]), cols)
             parts.append(f"{name} (n={len(idx)}): head {head}, hub takes {float(top[idx, head].mean()):.2f}, "
-                         f"on background {on_bg:.2f}, norm rank {rank:.0f}/{fg.shape[1]}"
-                         + (f"; prefix tokens take {float(prefix[idx, head].mean()):.2f}"
+                         f"on background {on_bg:.2f}, norm rank {rank:.0f}/{fg.shape[1]}, most often "
+                         f"patch (row {row}, col {col}) in {times.max()}/{len(idx)}"
+                         + (f"; prefix tokens take {float(prefix[idx, head].mean()):.2f} of it, and "
+                            f"{float(prefix[idx].mean(0).max()):.2f} of head "
+                            f"{int(prefix[idx].mean(0).argmax())}'s"
                             if everything.shape[-1] > fg.shape[1] else ""))
         print(f"block {layer}: " + " | ".join(parts))
 

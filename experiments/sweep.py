@@ -169,6 +169,18 @@ EXPERIMENTS = {
                                             steps=3200),
                              "(demand, counting reference) as v3d_sizes_r4 on backgrounds of 2-5 "
                              "flat regions, whose keys differ: a still weaker reference"),
+    "v3b_objects_r0": ("lab_v3", dict(cls_token=False, objective="dense_objects"),
+                       "(b, no-op on background, 0 registers) v3d_objects_r4 is the first recipe whose "
+                       "registers are used: in block 0 one head gives them 32-48 % of its attention "
+                       "(uniform: 6 %). Without registers and [CLS] that head has to make its own "
+                       "place to park: a frame patch (always background) whose position embedding "
+                       "grows large enough to drown its content would be one, with a high norm"),
+    "v3d_objects_clutter_r4": ("lab_v3", dict(registers=4, cls_token=False, objective="dense_objects",
+                                              clutter=0.1, steps=3200),
+                               "(demand, no-op on background) v3d_objects_r4 on a cluttered "
+                               "background: a background query must keep its own, now textured, "
+                               "pixels, so attending to other background patches is no longer "
+                               "harmless and only a place of fixed, empty value is"),
 }
 
 

@@ -233,7 +233,9 @@ def _lr(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 images ``[N, H, W, 3]`` as the trainer feeds them to a model: ``[N, 3, H, W]``
+    floats normalised with :data:`MEAN` and :data:`STD`."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     return (x - 0.5) / 0.5
 
@@ -378,7 +380,7 @@ def task_accuracy(lm: LoadedModel, n: int = 500, seed: int = 20_000) -> float:
         raise ValueError(f"{lm.name} has no scenes training config: task accuracy is measured "
                          "for mini models only.")
     scenes = make_scenes(n, seed=seed, **scene_kwargs(data))
-    x, y = _to_tensor(scenes.images), torch.from_numpy(scenes.label(data["task"]))
+    x, y = to_tensor(scenes.images), torch.from_numpy(scenes.label(data["task"]))
     return 100 * accuracy(lm.model, x, y)
 
 
@@ -453,10 +455,10 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
         train_set = x_train = y_train = None
     else:
         train_set = make_scenes(cfg.n_train, seed=cfg.seed, **scene)
-        x_train, y_train = _to_tensor(train_set.images), torch.from_numpy(train_set.label(cfg.task))
+        x_train, y_train = to_tensor(train_set.images), torch.from_numpy(train_set.label(cfg.task))
         fg_train = torch.from_numpy(train_set.patch_foreground(cfg.patch) > 0)
     val_set = make_scenes(cfg.n_val, seed=10_000 + cfg.seed, **scene)
-    x_val, y_val = _to_tensor(val_set.images), torch.from_numpy(val_set.label(cfg.task))
+    x_val, y_val = to_tensor(val_set.images), torch.from_numpy(val_set.label(cfg.task))
     fg_val = torch.from_numpy(val_set.patch_foreground(cfg.patch) > 0).flatten(1)
     probe = x_val[: cfg.probe_images]
     probe_bg = val_set.patch_foreground(cfg.patch)[: cfg.probe_images].reshape(len(probe), -1) == 0
@@ -540,7 +542,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
         if cfg.fresh:
             sseed = _step_seed(cfg.seed, step)
             batch = make_scenes(cfg.batch, seed=sseed, **scene)
-            xb, yb = _to_tensor(batch.images), torch.from_numpy(batch.label(cfg.task))
+            xb, yb = to_tensor(batch.images), torch.from_numpy(batch.label(cfg.task))
             fg = torch.from_numpy(batch.patch_foreground(cfg.patch) > 0)
             flip = torch.rand(cfg.batch, generator=torch.Generator().manual_seed(sseed % 2**63)) < 0.5
         else:
