@@ -181,6 +181,24 @@ EXPERIMENTS = {
                                "background: a background query must keep its own, now textured, "
                                "pixels, so attending to other background patches is no longer "
                                "harmless and only a place of fixed, empty value is"),
+    "v3d_objects_gu_r4": ("lab_v3", dict(registers=4, cls_token=False, objective="dense_objects",
+                                         lr=4e-3, weight_decay=0.5, batch=32, steps=6400),
+                          "(d) Gu et al.'s levers on the one recipe with demand (v3d_objects_r4): "
+                          "twice the learning rate, weight decay 0.5, half the batch for twice the "
+                          "steps (the same 0.2 M images); in small LMs the sink grew with both"),
+    "v3d_objects256_r4": ("lab_v2", dict(registers=4, cls_token=False, objective="dense_objects",
+                                         steps=3200),
+                          "(demand, context length) v3d_objects_r4 at v2's 256 patches (64-px "
+                          "scenes): in small LMs no sink formed with a context under ~256 tokens "
+                          "(Gu et al.); if the 64-patch models ask for a parking place in block 0 "
+                          "only because their context is short, the registers are used in more "
+                          "blocks here"),
+    "v3d_masked_r4": ("lab_v3", dict(registers=4, objective="masked", steps=3200),
+                      "(demand, DINOv2's objective) the [CLS] count plus iBOT-style masking: in half "
+                      "of the images 10-50 % of the patches are replaced by a mask token and "
+                      "reconstruct their pixels from the rest. As in DINOv2, the visible patches "
+                      "carry no loss of their own (free to be recycled), while the hidden ones must "
+                      "gather context from them"),
 }
 
 

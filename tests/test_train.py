@@ -289,3 +289,44 @@ def test_sigterm_checkpoints_and_stops_so_the_run_resumes_bit_for_bit(tmp_path):
     main(["--resume", "--out", str(tmp_path / "cut")])
     a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_masked_objective_scores_hidden_patches_only(tmp_path):
+    from safetensors.torch import load_file as load
+
+    from vitreg_lib.train import ReconHead, TrainConfig, _loss, masked_features, patchify, random_masks
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(depth=1, dim=16, heads=2, img_size=8, objective="masked", mask_images=0.5,
+                      mask_min=0.25, mask_max=0.75)
+    arch = cfg.arch(num_classes=3)
+    assert arch["global_pool"] == "token" and not cfg.dense  # the label goes through [CLS]
+    model, recon = build_vit(arch), ReconHead(16, 48, mask_token=True)
+    torch.nn.init.normal_(recon.mask_token)
+    xb, yb = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+    none = torch.zeros(2, 4, dtype=torch.bool)
+    # nothing hidden: the forward is timm's, and the loss is the [CLS] classifier's alone
+    torch.testing.assert_close(masked_features(model, xb, none, recon.mask_token), model.forward_features(xb))
+    torch.testing.assert_close(_loss(model, recon, xb, yb, cfg, masked=none),
+                               torch.nn.functional.cross_entropy(model(xb), yb))
+    # a hidden patch's input is the mask token: its content no longer reaches the model
+    hide = torch.tensor([[False, True, False, False], [False] * 4])
+    other = xb.clone()
+    other[0, :, :4, 4:] = 5.0  # patch 1 of image 0, the hidden one
+    torch.testing.assert_close(masked_features(model, other, hide, recon.mask_token),
+                               masked_features(model, xb, hide, recon.mask_token))
+    feats = masked_features(model, xb, hide, recon.mask_token)
+    expect = torch.nn.functional.cross_entropy(model.forward_head(feats), yb) + torch.nn.functional.mse_loss(
+        recon(feats[0, 1 + 1]), patchify(xb, 4)[0, 1])
+    torch.testing.assert_close(_loss(model, recon, xb, yb, cfg, masked=hide), expect)
+    with pytest.raises(ValueError, match="hidden patches"):
+        _loss(model, recon, xb, yb, cfg)
+    # the masks: about half of the images, each with a share of its patches in [0.25, 0.75]
+    m = random_masks(cfg, 400, 64, torch.Generator().manual_seed(1))
+    per_image = m.float().mean(1)
+    assert 0.4 < (per_image > 0).float().mean() < 0.6
+    assert per_image[per_image > 0].min() > 0.1 and per_image.max() < 0.9
+    # a run trains, logs the [CLS] accuracy and saves the mask token with the pixel head
+    main(["--preset", "tiny_test", "--out", str(tmp_path / "a"), "--objective", "masked"])
+    assert "recon.mask_token" in load(str(tmp_path / "a" / "heads.safetensors"))
+    assert 0 <= json.loads((tmp_path / "a" / "log.json").read_text())[-1]["val_acc"] <= 1

@@ -47,7 +47,12 @@ resume. Scene options (``border``, ``texture``, ``clutter``, ``regions``,
 * ``dense_objects`` — as ``dense_both``, but only the patches that hold object pixels
   predict the image label; background patches only reconstruct themselves, so the
   heads that gather the label must do nothing for nine patches in ten (the no-op
-  setting of Kempner's toy, Fesser et al. 2026). Its ``patch_acc`` counts object patches.
+  setting of Kempner's toy, Fesser et al. 2026). Its ``patch_acc`` counts object patches;
+* ``masked`` — DINOv2's split of the work: the image label through [CLS], and, in a share
+  ``mask_images`` of the images, a random ``mask_min..mask_max`` of the patches replaced by
+  a learned mask token, each of those reconstructing its own pixels (iBOT scores only the
+  masked patches, so the visible ones carry no loss of their own and are free to be
+  recycled). At validation and in the saved model nothing is masked.
 
 **The log** (:func:`norm_stats`) measures the residual stream *before any LayerNorm*,
 at two places in each block: after the attention (keys ``attn_*``) and after the MLP
@@ -83,7 +88,9 @@ from .models import LoadedModel, ModelSpec, build_vit
 from .outliers import HistogramGap, MeanStd, detect, token_norms
 
 MEAN = STD = (0.5, 0.5, 0.5)
-OBJECTIVES = ("label", "dense_label", "dense_recon", "dense_both", "dense_objects")
+OBJECTIVES = ("label", "dense_label", "dense_recon", "dense_both", "dense_objects", "masked")
+#: the objectives with a pixel-reconstruction head
+RECON_OBJECTIVES = ("dense_recon", "dense_both", "dense_objects", "masked")
 SCHEDULES = ("cosine", "constant")
 #: fields a resumed run may change (``steps`` only under a constant schedule)
 RESUMABLE_CHANGES = ("steps", "threads", "device", "checkpoint_every")
@@ -118,6 +125,9 @@ class TrainConfig:
     n_val: int = 500
     objective: str = "label"
     recon_weight: float = 1.0
+    mask_images: float = 0.5  # objective "masked": the share of images whose patches are masked
+    mask_min: float = 0.1  # ... and the share of their patches masked, drawn in [mask_min, mask_max]
+    mask_max: float = 0.5
     steps: int = 600
     batch: int = 64
     lr: float = 1e-3
@@ -138,7 +148,8 @@ class TrainConfig:
 
     @property
     def dense(self) -> bool:
-        return self.objective != "label"
+        """Every patch is read by a head (the model pools its patches for the label)."""
+        return self.objective not in ("label", "masked")
 
     def arch(self, num_classes: int) -> dict:
         arch = dict(img_size=self.img_size, patch_size=self.patch, embed_dim=self.dim,
@@ -468,8 +479,8 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
     arch = cfg.arch(num_classes)
     model = build_vit(arch).to(cfg.device)
     recon = None
-    if cfg.objective in ("dense_recon", "dense_both", "dense_objects"):
-        recon = torch.nn.Linear(cfg.dim, cfg.patch * cfg.patch * 3).to(cfg.device)
+    if cfg.objective in RECON_OBJECTIVES:
+        recon = ReconHead(cfg.dim, cfg.patch * cfg.patch * 3, cfg.objective == "masked").to(cfg.device)
     opt = torch.optim.AdamW(param_groups(model, recon, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             betas=(0.9, cfg.beta2), eps=cfg.eps)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -545,10 +556,12 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
             xb, yb = to_tensor(batch.images), torch.from_numpy(batch.label(cfg.task))
             fg = torch.from_numpy(batch.patch_foreground(cfg.patch) > 0)
             flip = torch.rand(cfg.batch, generator=torch.Generator().manual_seed(sseed % 2**63)) < 0.5
+            mask_gen = torch.Generator().manual_seed((sseed + 1) % 2**63)
         else:
             idx = torch.randint(0, len(x_train), (cfg.batch,), generator=gen)
             xb, yb, fg = x_train[idx], y_train[idx], fg_train[idx]
             flip = torch.rand(cfg.batch, generator=gen) < 0.5
+            mask_gen = gen
         xb, yb, fg = xb.to(cfg.device), yb.to(cfg.device), fg.to(cfg.device)
         if cfg.flip:
             flip = flip.to(cfg.device)
@@ -556,7 +569,9 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
             fg = torch.where(flip[:, None, None], fg.flip(-1), fg)
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
-        loss = _loss(model, recon, xb, yb, cfg, fg.flatten(1))
+        masked = (random_masks(cfg, fg.shape[0], fg.shape[1] * fg.shape[2], mask_gen).to(cfg.device)
+                  if cfg.objective == "masked" else None)
+        loss = _loss(model, recon, xb, yb, cfg, fg.flatten(1), masked)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -587,10 +602,52 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
     return config
 
 
+class ReconHead(torch.nn.Linear):
+    """The pixel-reconstruction head (a linear map from a token to its patch's pixels);
+    for the ``masked`` objective it also holds the learned ``mask_token``."""
+
+    def __init__(self, dim: int, pixels: int, mask_token: bool = False):
+        super().__init__(dim, pixels)
+        if mask_token:
+            self.mask_token = torch.nn.Parameter(torch.zeros(dim))
+
+
+def random_masks(cfg: TrainConfig, images: int, patches: int, gen: torch.Generator) -> torch.Tensor:
+    """``[images, patches]`` bool: which patches the ``masked`` objective hides. A share
+    ``mask_images`` of the images is masked (iBOT masks about half of DINOv2's), each with
+    its own share of patches drawn uniformly in ``[mask_min, mask_max]``."""
+    chosen = torch.rand(images, generator=gen) < cfg.mask_images
+    share = cfg.mask_min + (cfg.mask_max - cfg.mask_min) * torch.rand(images, generator=gen)
+    return (torch.rand(images, patches, generator=gen) < share[:, None]) & chosen[:, None]
+
+
+def masked_features(model: torch.nn.Module, x: torch.Tensor, masked: torch.Tensor,
+                    mask_token: torch.Tensor) -> torch.Tensor:
+    """timm's ``forward_features`` with the embeddings of the ``masked`` patches
+    (``[B, N]`` bool) replaced by ``mask_token`` before the position embedding is added."""
+    tokens = model.patch_embed(x)  # [B, N, D], or [B, rows, cols, D] with dynamic_img_size
+    hide = masked.reshape(tokens.shape[:-1])[..., None]
+    tokens = torch.where(hide, mask_token.to(tokens.dtype).expand_as(tokens), tokens)
+    tokens = model.norm_pre(model.patch_drop(model._pos_embed(tokens)))
+    return model.norm(model.blocks(tokens))
+
+
 def _loss(model: torch.nn.Module, recon: torch.nn.Module | None, xb: torch.Tensor,
-          yb: torch.Tensor, cfg: TrainConfig, fg: torch.Tensor | None = None) -> torch.Tensor:
+          yb: torch.Tensor, cfg: TrainConfig, fg: torch.Tensor | None = None,
+          masked: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of ``cfg.objective`` on one batch (``fg``: ``[B, N]`` bool, the
-    patches holding object pixels; ``dense_objects`` needs it)."""
+    patches holding object pixels; ``dense_objects`` needs it; ``masked``: ``[B, N]``
+    bool, the hidden patches; the ``masked`` objective needs it)."""
+    if cfg.objective == "masked":
+        if masked is None:
+            raise ValueError("The masked objective needs the mask of hidden patches.")
+        feats = masked_features(model, xb, masked, recon.mask_token)
+        loss = torch.nn.functional.cross_entropy(model.forward_head(feats), yb)
+        if masked.any():  # only the hidden patches are scored; the visible ones are free
+            hidden = feats[:, model.num_prefix_tokens:][masked]
+            loss = loss + cfg.recon_weight * torch.nn.functional.mse_loss(
+                recon(hidden), patchify(xb, cfg.patch)[masked])
+        return loss
     if not cfg.dense:
         return torch.nn.functional.cross_entropy(model(xb), yb)
     tokens = model.forward_features(xb)[:, model.num_prefix_tokens:]  # normed patch tokens
