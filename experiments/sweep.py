@@ -323,6 +323,40 @@ attention any single token receives from all queries of a head, over the blocks 
 0.004); *criterion*: met at this point, and from which fraction of training it has held."""
 
 
+def _demand_figure(v3: dict) -> str | None:
+    """The demand screens (runs with registers) as one heat map of where their registers
+    take attention, at each run's last logged point; the figure's markdown."""
+    import dataclasses
+
+    import pandas as pd
+
+    from vitreg_lib.plotting import register_use
+    from vitreg_lib.train import PRESETS
+
+    rows = {}
+    for name, (preset, overrides, _) in v3.items():
+        cfg = dataclasses.replace(PRESETS[preset], **overrides)
+        log_file = HERE / "runs" / name / "log.json"
+        if not cfg.registers or not log_file.is_file():
+            continue
+        last = json.loads(log_file.read_text())[-1]
+        if "register_attention" not in last["layers"][0]:
+            continue
+        tokens = (cfg.img_size // cfg.patch) ** 2 + cfg.registers + int(cfg.cls_token)
+        label = f"{name}, {last['images'] / 1e6:.2f} M (uniform {100 * cfg.registers / tokens:.0f} %)"
+        rows[label] = {r["layer"]: r["register_attention"] for r in last["layers"]}
+    if not rows:
+        return None
+    fig = register_use(pd.DataFrame(rows).T.sort_index(axis=1),
+                       caption="Mini-lab v3, the demand test: the largest share of a head's attention "
+                               "(averaged over all queries and 128 validation scenes) that the 4 "
+                               "registers receive, per block, at each run's last logged point")
+    fig.savefig(HERE / "figures" / "v3_demand.png", dpi=72)
+    return ("```{figure} figures/v3_demand.png\n:width: 100%\n\nThe demand test. Each row is a "
+            "run with 4 registers (recipe in the list above); a cell far above the row's uniform "
+            "share marks a block whose heads park their attention on the registers.\n```")
+
+
 def report() -> None:
     import matplotlib
 
@@ -344,10 +378,13 @@ def report() -> None:
             rows2.append(_v2_row(name, preset, overrides))
         recipes.append(f"* `{name}` = `{preset}` + `{overrides}`: {hypothesis}.")
         log_file = HERE / "runs" / name / "log.json"
-        if log_file.is_file():
+        if log_file.is_file() and not name.startswith("v3d"):  # screens: one figure, below
             fig = lab_curves(json.loads(log_file.read_text()), caption=f"{name}: {preset} + {overrides}")
             fig.savefig(HERE / "figures" / f"{name}.png", dpi=72)
             figures.append(f"```{{figure}} figures/{name}.png\n:width: 100%\n\n{name}: {hypothesis}\n```")
+    demand = _demand_figure(v3)
+    if demand:
+        figures.append(demand)
     rows = ["| experiment | hypothesis | overrides | val acc | best layer | outlier % (gap rule) "
             "| max/median norm | emerged at | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for name, (preset, overrides, hypothesis) in EXPERIMENTS.items():

@@ -135,3 +135,16 @@ def test_every_statistical_figure_fits_the_column_and_keeps_its_caption():
         assert len(fig.legends) == 1, name
     assert [ax.get_title() for ax in figures["ablation"].axes] == ["outlier patches (%)", "extra FLOPs (%)"]
     assert "outlier: none" in figures["densities"].axes[0].get_title()
+
+
+def test_register_use_draws_one_annotated_cell_per_run_and_block():
+    from vitreg_lib.plotting import register_use
+
+    shares = pd.DataFrame([[0.06, 0.40, 0.05], [0.07, 0.06, np.nan]],
+                          index=["a (uniform 6 %)", "b (uniform 6 %)"])
+    fig = register_use(shares, caption="demand test")
+    ax = fig.axes[0]
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == sorted(["6", "40", "5", "7", "6"])  # the missing block stays blank
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(shares.index)
+    assert fig._suptitle.get_text() == "demand test"

@@ -560,3 +560,20 @@ def lab_curves(log: list[dict], caption: str) -> plt.Figure:
         ax.set_xlabel("images seen (millions)")
     fig.suptitle(caption, fontsize=9)
     return fig
+
+
+def register_use(shares: pd.DataFrame, caption: str) -> plt.Figure:
+    """The demand test of the mini-lab as a heat map: one row per run, one column per
+    block, each cell the largest share of a head's attention that the run's registers
+    receive there (``shares``: runs x blocks, in [0, 1]; blocks a run does not have are
+    NaN and left blank). Name each row with the share a head that spread its attention
+    evenly would give the registers: cells far above it mark a block whose heads park
+    their attention on the registers."""
+    height = min(MAX_HEIGHT * 2, 1.0 + 0.3 * len(shares))
+    fig, ax = plt.subplots(figsize=(WIDTH, height), layout="constrained")
+    sns.heatmap(100 * shares, ax=ax, vmin=0, vmax=100, cmap="mako_r", annot=True, fmt=".0f",
+                annot_kws=dict(fontsize=8), cbar_kws=dict(label="to the registers (%)"))
+    ax.set_xlabel("block")
+    ax.set_ylabel("")
+    ax.tick_params(axis="y", labelsize=8)
+    return _caption(fig, caption)
