@@ -169,12 +169,19 @@ EXPERIMENTS = {
                                             steps=3200),
                              "(demand, counting reference) as v3d_sizes_r4 on backgrounds of 2-5 "
                              "flat regions, whose keys differ: a still weaker reference"),
-    "v3b_objects_r0": ("lab_v3", dict(cls_token=False, objective="dense_objects"),
+    "v3b_objects_r0": ("lab_v3", dict(cls_token=False, objective="dense_objects", steps=64000),
                        "(b, no-op on background, 0 registers) v3d_objects_r4 is the first recipe whose "
                        "registers are used: in block 0 one head gives them 32-48 % of its attention "
                        "(uniform: 6 %). Without registers and [CLS] that head has to make its own "
                        "place to park: a frame patch (always background) whose position embedding "
-                       "grows large enough to drown its content would be one, with a high norm"),
+                       "grows large enough to drown its content would be one, with a high norm. "
+                       "Trained to 1 M images (16,000 steps), then extended to 4.1 M (64,000 steps, "
+                       "constant rate: the same run continued) with its 4-register twin, in case the "
+                       "demand reaches later blocks only once the task is learned"),
+    "v3b_objects_r4": ("lab_v3", dict(registers=4, cls_token=False, objective="dense_objects", steps=64000),
+                       "(b, no-op on background, 4 registers) the twin of v3b_objects_r0: "
+                       "v3d_objects_r4's run continued from 0.2 M to 4.1 M images, to read the demand "
+                       "(where and how much the registers are used) as training goes on"),
     "v3d_objects_clutter_r4": ("lab_v3", dict(registers=4, cls_token=False, objective="dense_objects",
                                               clutter=0.1, steps=3200),
                                "(demand, no-op on background) v3d_objects_r4 on a cluttered "
