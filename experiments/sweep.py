@@ -206,6 +206,18 @@ EXPERIMENTS = {
                       "reconstruct their pixels from the rest. As in DINOv2, the visible patches "
                       "carry no loss of their own (free to be recycled), while the hidden ones must "
                       "gather context from them"),
+    # v3d_deep_r4 is the one screen whose registers took attention in late blocks: from
+    # 0.17 M images on, a head of block 9 and one of block 11 gave them 25-56 % (uniform 6 %)
+    "v3e_deep_r0": ("lab_v3", dict(depth=12, steps=32000),
+                    "(e', no-op in late blocks) the 12-block [CLS] classifier of v3d_deep_r4 without "
+                    "registers, to 2 M images: once the count is found in the first blocks, the "
+                    "late blocks' heads have nothing to do (Bondarenko et al.'s no-op heads, which "
+                    "put outliers in ViT-S/16's last blocks); in v3d_deep_r4 they parked on the "
+                    "registers, here they have to make a place out of a patch"),
+    "v3e_deep_r4": ("lab_v3", dict(registers=4, depth=12, steps=32000),
+                    "(e', 4 registers) the twin of v3e_deep_r0: v3d_deep_r4 continued from 0.2 M "
+                    "to 2 M images, to follow where and how much its late blocks park on the "
+                    "registers"),
 }
 
 
