@@ -288,6 +288,13 @@ def _v2_row(name: str, preset: str, overrides: dict) -> str:
             f"| {'yes' if c['met'] else 'no'}{'' if emerged is None else f', from {emerged:.2f}'} |")
 
 
+def _uniform_share(cfg) -> float:
+    """The share of a head's attention that the registers (or, without them, the [CLS]
+    token) receive when the head spreads it evenly over every token."""
+    tokens = (cfg.img_size // cfg.patch) ** 2 + cfg.registers + int(cfg.cls_token)
+    return (cfg.registers or int(cfg.cls_token)) / tokens
+
+
 def _v3_row(name: str, preset: str, overrides: dict) -> str:
     """One row of the v3 table: the v2 row's norm numbers, and whether the registers (or,
     without them, the [CLS] token) are used as a place to park attention."""
@@ -306,8 +313,7 @@ def _v3_row(name: str, preset: str, overrides: dict) -> str:
     metric = ("patch" if "patch_acc" in last else "image") + \
         f" {100 * last.get('patch_acc', last['val_acc']):.1f} %"
     key = "register_attention" if cfg.registers else "prefix_attention"
-    tokens = (cfg.img_size // cfg.patch) ** 2 + cfg.registers + int(cfg.cls_token)
-    uniform = (cfg.registers or int(cfg.cls_token)) / tokens
+    uniform = _uniform_share(cfg)
     if uniform and key in last["layers"][0]:
         used = max(last["layers"], key=lambda r: r[key])
         attn = f"{100 * used[key]:.0f} % in block {used['layer']} ({100 * uniform:.0f} %)"
@@ -343,10 +349,13 @@ attention any single token receives from all queries of a head, over the blocks 
 
 
 def _demand_figure(v3: dict) -> str | None:
-    """The demand screens (runs with registers) as one heat map of where their registers
-    take attention, at each run's last logged point; the figure's markdown."""
+    """The runs with registers as one heat map of where their registers take attention:
+    per block, the median over the last quarter of each run's logged points (at least
+    three), so that a share held there counts and a one-point spike does not; the
+    figure's markdown."""
     import dataclasses
 
+    import numpy as np
     import pandas as pd
 
     from vitreg_lib.plotting import register_use
@@ -358,18 +367,21 @@ def _demand_figure(v3: dict) -> str | None:
         log_file = HERE / "runs" / name / "log.json"
         if not cfg.registers or not log_file.is_file():
             continue
-        last = json.loads(log_file.read_text())[-1]
-        if "register_attention" not in last["layers"][0]:
+        log = json.loads(log_file.read_text())
+        tail = log[-max(3, len(log) // 4):]
+        if "register_attention" not in tail[0]["layers"][0]:
             continue
-        tokens = (cfg.img_size // cfg.patch) ** 2 + cfg.registers + int(cfg.cls_token)
-        label = f"{name}, {last['images'] / 1e6:.2f} M (uniform {100 * cfg.registers / tokens:.0f} %)"
-        rows[label] = {r["layer"]: r["register_attention"] for r in last["layers"]}
+        label = (f"{name}, {tail[0]['images'] / 1e6:.2f}-{tail[-1]['images'] / 1e6:.2f} M "
+                 f"(uniform {100 * _uniform_share(cfg):.0f} %)")
+        rows[label] = {layer: float(np.median([e["layers"][layer]["register_attention"] for e in tail]))
+                       for layer in range(len(tail[0]["layers"]))}
     if not rows:
         return None
     fig = register_use(pd.DataFrame(rows).T.sort_index(axis=1),
                        caption="Mini-lab v3, the demand test: the largest share of a head's attention "
                                "(averaged over all queries and 128 validation scenes) that the 4 "
-                               "registers receive, per block, at each run's last logged point")
+                               "registers receive, per block; the median over the last quarter of "
+                               "each run's logged points (the span of images in the row's name)")
     fig.savefig(HERE / "figures" / "v3_demand.png", dpi=72)
     return ("```{figure} figures/v3_demand.png\n:width: 100%\n\nThe demand test. Each row is a "
             "run with 4 registers (recipe in the list above); a cell far above the row's uniform "
