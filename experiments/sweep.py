@@ -218,6 +218,12 @@ EXPERIMENTS = {
                     "(e', 4 registers) the twin of v3e_deep_r0: v3d_deep_r4 continued from 0.2 M "
                     "to 2 M images, to follow where and how much its late blocks park on the "
                     "registers"),
+    "v3f_gu_objects_r0": ("lab_v3", dict(cls_token=False, objective="dense_objects", lr=4e-3,
+                                         weight_decay=0.5, batch=32, steps=32000),
+                          "(d) Gu et al.'s levers at 1 M images without registers: v3b_objects_r0's "
+                          "recipe with twice the learning rate, weight decay 0.5 and half the batch "
+                          "for twice the steps; with registers (v3d_objects_gu_r4) these levers made "
+                          "the only sink in blocks 1-5 of any 6-block screen, gone by 0.08 M images"),
 }
 
 
