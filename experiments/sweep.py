@@ -224,6 +224,11 @@ EXPERIMENTS = {
                           "recipe with twice the learning rate, weight decay 0.5 and half the batch "
                           "for twice the steps; with registers (v3d_objects_gu_r4) these levers made "
                           "the only sink in blocks 1-5 of any 6-block screen, gone by 0.08 M images"),
+    "v3d_deep24_r4": ("lab_v3", dict(registers=4, depth=24, steps=3200),
+                      "(demand, depth) the [CLS] classifier with 24 blocks: depth was the one lever "
+                      "that made late blocks park on the registers (v3d_deep_r4, 12 blocks: blocks "
+                      "9 and 11 from 0.17 M images, faded by 0.3 M in v3e_deep_r4); with twice as "
+                      "many blocks more of them have nothing to do"),
 }
 
 
