@@ -268,6 +268,22 @@ def test_lab_curves_draws_a_v2_log(tmp_path):
     assert len(axes[0].get_lines()) == 2 * PRESETS["tiny_v2"].depth  # two sites per block
 
 
+def test_lab_curves_gives_every_block_of_a_deep_model_its_own_colour():
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    matplotlib.use("Agg")
+    from vitreg_lib.plotting import lab_curves
+
+    block = dict(max_over_median=2.0, attn_max_over_median=2.0, top1_background=0.5,
+                 sink_attention=0.1, background_share=0.8)
+    log = [dict(images=i * 1000, val_acc=0.5, layers=[block] * 12) for i in range(3)]
+    fig = lab_curves(log, caption="12 blocks")
+    solid = fig.get_axes()[0].get_lines()[::2]  # one solid line per block
+    assert len({to_hex(line.get_color()) for line in solid}) == 12
+    assert fig.legends and len(fig.legends[0].get_texts()) == 12  # the legend sits beside, not on, the curves
+
+
 def test_sigterm_checkpoints_and_stops_so_the_run_resumes_bit_for_bit(tmp_path):
     import signal
     import subprocess

@@ -536,11 +536,15 @@ def lab_curves(log: list[dict], caption: str) -> plt.Figure:
     and the task metric."""
     images = np.array([e["images"] for e in log]) / 1e6
     depth = len(log[0]["layers"])
-    fig, axes = plt.subplots(2, 2, figsize=(8, 5.6), layout="constrained")
+    fig, axes = plt.subplots(2, 2, figsize=(8, 5.6 + 0.15 * (depth // 8)), layout="constrained")
     (a1, a2), (a3, a4) = axes
+    # the default cycle repeats after 10 colours: deeper models get one colour per block,
+    # from dark (block 0) to light (last block)
+    colours = ([f"C{i}" for i in range(depth)] if depth <= 10
+               else list(plt.get_cmap("viridis")(np.linspace(0, 0.92, depth))))
     for layer in range(depth):
         rows = [e["layers"][layer] for e in log]
-        c = f"C{layer}"
+        c = colours[layer]
         a1.plot(images, [r["max_over_median"] for r in rows], color=c, label=f"block {layer}")
         a1.plot(images, [r["attn_max_over_median"] for r in rows], color=c, ls=":")
         a2.plot(images, [100 * r["top1_background"] for r in rows], color=c)
@@ -553,7 +557,8 @@ def lab_curves(log: list[dict], caption: str) -> plt.Figure:
     a2.set_ylabel("top-1 % norms on background (%)")
     a3.set_ylabel("attention to the most-attended token")
     a4.set_ylabel(("patch" if metric == "patch_acc" else "image") + " accuracy, validation (%)")
-    a1.legend(fontsize=7, ncol=2, title="solid: after MLP · dotted: after attention", title_fontsize=7)
+    fig.legend(*a1.get_legend_handles_labels(), loc="outside lower center", fontsize=7,
+               ncol=min(depth, 8), title="solid: after MLP · dotted: after attention", title_fontsize=7)
     a2.legend(fontsize=7)
     a2.set_ylim(0, 100)
     for ax in axes.ravel():
