@@ -4,7 +4,8 @@
 
 Times full training steps (forward, backward, AdamW) on one CPU thread for the mini-lab's
 ``lab_v3`` ViT and for timm's ``vit_small_patch16_224`` (ViT-S/16, random weights: nothing
-is downloaded), prints images/s, their ratio, and the core-hours the smallest published
+is downloaded), with the project's benchmark timer (``tools/bench.py``: a warm-up, then
+the two take turns, median per step), prints images/s, their ratio, and the core-hours the smallest published
 cases with artifacts would take at the measured ViT-S/16 rate. The budgets are the
 papers' (images seen = epochs x 1.28 M ImageNet-1k images); only the rates are measured.
 The numbers quoted in RESULTS.md come from here.
@@ -12,7 +13,6 @@ The numbers quoted in RESULTS.md come from here.
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tools.bench import median_times  # noqa: E402
 from vitreg_lib.models import build_vit  # noqa: E402
 from vitreg_lib.train import PRESETS  # noqa: E402
 
@@ -31,23 +32,19 @@ BUDGETS = {
 }
 
 
-def images_per_s(model: torch.nn.Module, x: torch.Tensor, classes: int, steps: int) -> float:
+def training_step(model: torch.nn.Module, x: torch.Tensor, classes: int):
+    """One full training step (forward, cross-entropy, backward, AdamW) on ``x``."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     y = torch.randint(0, classes, (len(x),))
 
     def step() -> None:
         out = model(x)
-        out = out[0] if isinstance(out, tuple) else out
-        loss = torch.nn.functional.cross_entropy(out, y)
+        loss = torch.nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    step()  # warm-up: allocator, first-call overheads
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * len(x) / (time.perf_counter() - t0)
+    return step
 
 
 def main() -> None:
@@ -62,10 +59,12 @@ def main() -> None:
     import timm
 
     cfg = PRESETS["lab_v3"]
-    mini = build_vit(cfg.arch(4))
-    mini_rate = images_per_s(mini, torch.rand(64, 3, cfg.img_size, cfg.img_size), 4, 8 * args.steps)
-    vits = timm.create_model("vit_small_patch16_224", pretrained=False)
-    vits_rate = images_per_s(vits, torch.rand(args.batch, 3, 224, 224), 1000, args.steps)
+    mini_x = torch.rand(64, 3, cfg.img_size, cfg.img_size)
+    vits_x = torch.rand(args.batch, 3, 224, 224)
+    steps = [training_step(build_vit(cfg.arch(4)), mini_x, 4),
+             training_step(timm.create_model("vit_small_patch16_224", pretrained=False), vits_x, 1000)]
+    mini_s, vits_s = median_times(steps, args.steps)  # the two take turns, after a warm-up
+    mini_rate, vits_rate = len(mini_x) / mini_s, len(vits_x) / vits_s
     print(f"lab_v3 mini ({cfg.depth} x {cfg.dim}, {(cfg.img_size // cfg.patch) ** 2} patches): "
           f"{mini_rate:.1f} images/s on one thread")
     print(f"ViT-S/16 (196 patches, 22 M parameters): {vits_rate:.2f} images/s on one thread, "
