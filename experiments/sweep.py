@@ -229,6 +229,18 @@ EXPERIMENTS = {
                       "that made late blocks park on the registers (v3d_deep_r4, 12 blocks: blocks "
                       "9 and 11 from 0.17 M images, faded by 0.3 M in v3e_deep_r4); with twice as "
                       "many blocks more of them have nothing to do"),
+    "v3g_wide_r0": ("lab_v3", dict(dim=128, heads=2, steps=16000),
+                    "(f, width) the [CLS] classifier twice as wide, with heads of 64 dimensions "
+                    "as in every ViT of the paper (ours had 16): in the paper artifacts need a "
+                    "large enough model, and a 64-wide residual stream may have no spare "
+                    "dimension in which one token can hold a high norm without disturbing the "
+                    "others; if width is the missing lever, a gap appears within 1 M images"),
+    "v3g_wide_r4": ("lab_v3", dict(dim=128, heads=2, registers=4, steps=16000),
+                    "(f, width, 4 registers) the twin of v3g_wide_r0, the demand test at twice "
+                    "the width: if the wider model asks for a place to park attention or keep "
+                    "global state, its heads give the registers a large share of their attention "
+                    "(the 64-wide 6-block [CLS] screens gave them at most 12 % at 0.2 M images, "
+                    "twice the uniform 6 %)"),
 }
 
 
