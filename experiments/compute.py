@@ -5,8 +5,8 @@
 Times full training steps (forward, backward, AdamW) on one CPU thread for the mini-lab's
 ``lab_v3`` ViT and for timm's ``vit_small_patch16_224`` (ViT-S/16, random weights: nothing
 is downloaded), with the project's benchmark timer (``tools/bench.py``: a warm-up, then
-the two take turns, median per step), prints images/s, their ratio, and the core-hours the smallest published
-cases with artifacts would take at the measured ViT-S/16 rate. The budgets are the
+the two take turns, median per step), prints images/s, their ratio, and the core-hours
+the smallest published cases with artifacts would take at the measured ViT-S/16 rate. The budgets are the
 papers' (images seen = epochs x 1.28 M ImageNet-1k images); only the rates are measured.
 The numbers quoted in RESULTS.md come from here.
 """
