@@ -140,6 +140,21 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert _log_without_timing(tmp_path / "whole") == _log_without_timing(tmp_path / "killed")
 
 
+def test_finished_constant_rate_run_extends_to_more_steps(tmp_path):
+    """A finished run resumed with more steps continues the same run: the weights of an
+    uninterrupted run of the longer length, and the first part's log (losses too) kept."""
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "long"), "--steps", "12", "--log_points", "3"])
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "ext"), "--steps", "6", "--log_points", "3"])
+    first = json.loads((tmp_path / "ext" / "log.json").read_text())
+    main(["--resume", "--out", str(tmp_path / "ext"), "--steps", "12"])
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("long", "ext"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = json.loads((tmp_path / "ext" / "log.json").read_text())
+    assert [e["step"] for e in log] == [0, 3, 6, 12]
+    assert log[2]["loss"] == first[-1]["loss"] is not None
+    assert log[3]["loss"] is not None
+
+
 def test_resume_refuses_a_changed_recipe(tmp_path):
     main(["--preset", "tiny_test", "--out", str(tmp_path / "a"), "--until", "2"])
     with pytest.raises(ValueError, match="cannot change"):

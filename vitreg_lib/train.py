@@ -484,7 +484,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
     opt = torch.optim.AdamW(param_groups(model, recon, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             betas=(0.9, cfg.beta2), eps=cfg.eps)
     gen = torch.Generator().manual_seed(cfg.seed)
-    log, running, start, wall_before = [], [], 0, 0.0
+    log, running, start, wall_before, carried = [], [], 0, 0.0, {}
     ckpt_path = out / "checkpoint.pt"
     if resume:
         if not ckpt_path.is_file():
@@ -498,7 +498,10 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
         gen.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         log, running, start, wall_before = ck["log"], ck["running"], ck["step"], ck["wall_s"]
-        log = [e for e in log if e["step"] < start]  # entries at `start` are recomputed
+        # entries at `start` are recomputed; a finished run extended to more steps was
+        # checkpointed after its last entry, so that entry's training loss is carried over
+        carried = {e["step"]: e["loss"] for e in log if e["step"] >= start}
+        log = [e for e in log if e["step"] < start]
         print(f"resumed {out} at step {start}/{cfg.steps}", flush=True)
 
     def checkpoint(step: int) -> None:
@@ -524,7 +527,7 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
         if step in log_at:
             now = time.time()
             entry = dict(step=step, fraction=step / cfg.steps, images=step * cfg.batch,
-                         loss=float(np.mean(running)) if running else None,
+                         loss=float(np.mean(running)) if running else carried.get(step),
                          lr=_lr(min(step, cfg.steps - 1), cfg),
                          val_acc=accuracy(model, x_val, y_val))
             if cfg.dense:
