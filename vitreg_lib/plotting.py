@@ -553,10 +553,11 @@ def lab_curves(log: list[dict], caption: str) -> plt.Figure:
             label="background's share of all patches")
     metric = "patch_acc" if "patch_acc" in log[-1] else "val_acc"
     a4.plot(images, [100 * e[metric] for e in log], color="k")
-    a1.set_ylabel("max / median patch norm")
-    a2.set_ylabel("top-1 % norms on background (%)")
-    a3.set_ylabel("attention to the most-attended token")
-    a4.set_ylabel(("patch" if metric == "patch_acc" else "image") + " accuracy, validation (%)")
+    # two-line labels: one line of this length runs into the neighbouring panel
+    a1.set_ylabel("max / median\npatch norm")
+    a2.set_ylabel("top-1 % norms\non background (%)")
+    a3.set_ylabel("attention to the\nmost-attended token")
+    a4.set_ylabel(("patch" if metric == "patch_acc" else "image") + " accuracy,\nvalidation (%)")
     fig.legend(*a1.get_legend_handles_labels(), loc="outside lower center", fontsize=7,
                ncol=min(depth, 8), title="solid: after MLP · dotted: after attention", title_fontsize=7)
     a2.legend(fontsize=7)
