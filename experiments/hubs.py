@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from vitreg_lib.data import make_scenes  # noqa: E402
 from vitreg_lib.features import extract  # noqa: E402
 from vitreg_lib.outliers import token_norms  # noqa: E402
-from vitreg_lib.train import load_checkpoint, to_tensor  # noqa: E402
+from vitreg_lib.train import attention_hub, load_checkpoint, to_tensor  # noqa: E402
 
 
 def main() -> None:
@@ -44,20 +44,20 @@ def main() -> None:
         everything = feats.attention_received(layer)  # [B, heads, tokens]
         received = everything[..., -fg.shape[1]:]  # the patches
         prefix = everything[..., :-fg.shape[1]].sum(-1)  # [CLS] and registers together
-        top, hub = received.max(-1)
         norms = token_norms(feats.patches(layer)).numpy()
         parts = []
         for name, sel in (("empty", counts == 0), ("with objects", counts > 0)):
             idx = np.where(sel)[0]
             if not len(idx):
                 continue
-            head = int(top[idx].mean(0).argmax())
-            on_bg = np.mean([fg[i, hub[i, head]] == 0 for i in idx])
-            rank = np.mean([(norms[i] > norms[i, hub[i, head]]).sum() for i in idx])
-            where, times = np.unique(hub[idx, head].numpy(), return_counts=True)
+            head, top, hub = attention_hub(received[idx])
+            top, hub = top[:, head], hub[:, head]
+            on_bg = np.mean([fg[i, h] == 0 for i, h in zip(idx, hub.tolist())])
+            rank = np.mean([(norms[i] > norms[i, h]).sum() for i, h in zip(idx, hub.tolist())])
+            where, times = np.unique(hub.numpy(), return_counts=True)
             cols = int(round(fg.shape[1] ** 0.5))
             row, col = divmod(int(where[times.argmax()]), cols)
-            parts.append(f"{name} (n={len(idx)}): head {head}, hub takes {float(top[idx, head].mean()):.2f}, "
+            parts.append(f"{name} (n={len(idx)}): head {head}, hub takes {float(top.mean()):.2f}, "
                          f"on background {on_bg:.2f}, norm rank {rank:.0f}/{fg.shape[1]}, most often "
                          f"patch (row {row}, col {col}) in {times.max()}/{len(idx)}"
                          + (f"; prefix tokens take {float(prefix[idx, head].mean()):.2f} of it, and "

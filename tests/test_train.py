@@ -361,3 +361,14 @@ def test_masked_objective_scores_hidden_patches_only(tmp_path):
     main(["--preset", "tiny_test", "--out", str(tmp_path / "a"), "--objective", "masked"])
     assert "recon.mask_token" in load(str(tmp_path / "a" / "heads.safetensors"))
     assert 0 <= json.loads((tmp_path / "a" / "log.json").read_text())[-1]["val_acc"] <= 1
+
+
+def test_attention_hub_is_the_head_whose_top_token_takes_most():
+    from vitreg_lib.train import attention_hub
+
+    received = torch.full((2, 3, 4), 0.25)  # 2 images, 3 heads, 4 tokens: all uniform
+    received[:, 1] = torch.tensor([0.1, 0.1, 0.7, 0.1])  # head 1 parks on token 2
+    received[0, 2] = torch.tensor([0.9, 0.05, 0.03, 0.02])  # head 2 only in one image
+    head, top, idx = attention_hub(received)
+    assert head == 1 and top.shape == idx.shape == (2, 3)
+    assert idx[:, 1].tolist() == [2, 2] and idx[0, 2] == 0

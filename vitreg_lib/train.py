@@ -312,6 +312,15 @@ def load_checkpoint(folder: str | Path) -> tuple[TrainConfig, LoadedModel, int]:
     return cfg, as_loaded(model, Path(folder).name, cfg.img_size), int(ck["step"])
 
 
+def attention_hub(received: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The attention hub of a block, from ``received`` ``[B, heads, tokens]`` (the share of
+    each head's attention that each token receives): per image and head the most-attended
+    token's share and index (``[B, heads]`` each), and the head whose most-attended token
+    takes the largest share on average over the images."""
+    top_val, top_idx = received.max(dim=-1)
+    return int(top_val.mean(0).argmax()), top_val, top_idx
+
+
 def norm_stats(model: torch.nn.Module, probe: torch.Tensor, name: str,
                background: np.ndarray | None = None) -> list[dict]:
     """Per-layer norm statistics on ``probe`` (the training log; see the module's
@@ -330,8 +339,7 @@ def norm_stats(model: torch.nn.Module, probe: torch.Tensor, name: str,
         if bg is not None:
             row["background_share"] = float(bg.mean())
         recv = feats.attention_received(layer)  # [B, heads, N]
-        top_val, top_idx = recv.max(dim=-1)  # the most-attended token, per image and head
-        head = int(top_val.mean(0).argmax())
+        head, top_val, top_idx = attention_hub(recv)
         row["sink_attention"] = float(top_val.mean(0)[head])
         idx = top_idx[:, head].numpy()
         row["sink_on_prefix"] = float((idx < lay.num_prefix).mean())
