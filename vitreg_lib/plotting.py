@@ -582,4 +582,6 @@ def register_use(shares: pd.DataFrame, caption: str) -> plt.Figure:
     ax.set_xlabel("block")
     ax.set_ylabel("")
     ax.tick_params(axis="y", labelsize=8)
+    # two-digit block numbers of a deep model run together at the default size
+    ax.tick_params(axis="x", labelsize=8 if shares.shape[1] <= 12 else 6)
     return _caption(fig, caption)
