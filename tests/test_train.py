@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -372,3 +373,21 @@ def test_attention_hub_is_the_head_whose_top_token_takes_most():
     head, top, idx = attention_hub(received)
     assert head == 1 and top.shape == idx.shape == (2, 3)
     assert idx[:, 1].tolist() == [2, 2] and idx[0, 2] == 0
+
+
+def test_norm_split_tells_a_background_tail_from_a_flat_split():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / "norm_split.py"
+    spec = importlib.util.spec_from_file_location("norm_split", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    on_object = np.zeros((2, 10), bool)
+    on_object[:, :5] = True  # half the patches are object patches
+    norms = np.ones((2, 10))
+    norms[0, 9] = 30.0  # one background patch far above every object patch
+    s = mod.split(norms, on_object)
+    assert s["median_background"] == s["median_object"] == 1 and s["ratio"] == 1
+    assert s["background_above_object_p90"] == 0.1  # 1 of the 10 background patches
+    assert mod.split(np.ones((2, 10)), on_object)["background_above_object_p90"] == 0
