@@ -10,36 +10,27 @@ of that head's attention and the largest share they take of any head's, separate
 empty scenes and scenes with objects. The numbers quoted in RESULTS.md come from here.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))  # probe_run, also when imported from the tests
 
-from vitreg_lib.data import make_scenes  # noqa: E402
+from probe_run import read_run  # noqa: E402
+
 from vitreg_lib.features import extract  # noqa: E402
 from vitreg_lib.outliers import token_norms  # noqa: E402
-from vitreg_lib.train import attention_hub, load_checkpoint, to_tensor  # noqa: E402
+from vitreg_lib.train import attention_hub, to_tensor  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run")
-    ap.add_argument("--scenes", type=int, default=96)
-    ap.add_argument("--seed", type=int, default=4242)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    cfg, lm, step = load_checkpoint(ROOT / "experiments" / "runs" / args.run)
-    scenes = make_scenes(args.scenes, seed=args.seed, **cfg.scene())
+    cfg, lm, scenes = read_run(__doc__, scenes=96)
     counts = np.array([len(b) for b in scenes.boxes])
     feats = extract(lm, to_tensor(scenes.images), layers="all", received=True, progress=False)
     fg = scenes.patch_foreground(cfg.patch).reshape(len(counts), -1)
-    print(f"{args.run}: step {step} ({step * cfg.batch / 1e6:.3f} M images), "
-          f"{args.scenes} scenes of seed {args.seed}")
     for layer in range(cfg.depth):
         everything = feats.attention_received(layer)  # [B, heads, tokens]
         received = everything[..., -fg.shape[1]:]  # the patches

@@ -11,20 +11,20 @@ object patch; a ratio near 1 with a share of 10-20 % is a tail, not a mode. The 
 quoted in RESULTS.md come from here.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))  # probe_run, also when imported from the tests
 
-from vitreg_lib.data import make_scenes  # noqa: E402
+from probe_run import read_run  # noqa: E402
+
 from vitreg_lib.features import extract  # noqa: E402
 from vitreg_lib.outliers import token_norms  # noqa: E402
-from vitreg_lib.train import load_checkpoint, to_tensor  # noqa: E402
+from vitreg_lib.train import to_tensor  # noqa: E402
 
 
 def split(norms: np.ndarray, on_object: np.ndarray) -> dict:
@@ -37,18 +37,9 @@ def split(norms: np.ndarray, on_object: np.ndarray) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run")
-    ap.add_argument("--scenes", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=4242)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    cfg, lm, step = load_checkpoint(ROOT / "experiments" / "runs" / args.run)
-    scenes = make_scenes(args.scenes, seed=args.seed, **cfg.scene())
+    cfg, lm, scenes = read_run(__doc__, scenes=128)
     feats = extract(lm, to_tensor(scenes.images), layers="all", progress=False)
-    on_object = scenes.patch_foreground(cfg.patch).reshape(args.scenes, -1) > 0
-    print(f"{args.run}: step {step} ({step * cfg.batch / 1e6:.3f} M images), "
-          f"{args.scenes} scenes of seed {args.seed}")
+    on_object = scenes.patch_foreground(cfg.patch).reshape(len(scenes.images), -1) > 0
     for layer in range(cfg.depth):
         s = split(token_norms(feats.patches(layer)).numpy(), on_object)
         print(f"block {layer}: median norm background {s['median_background']:.0f}, objects "

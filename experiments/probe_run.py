@@ -1,0 +1,31 @@
+"""What the run-reading scripts of experiments/ (hubs.py, norm_split.py) share: the
+command line (RUN, --scenes, --seed), the run's checkpoint, and fresh scenes of its own
+recipe, announced in one header line."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vitreg_lib.data import make_scenes  # noqa: E402
+from vitreg_lib.train import load_checkpoint  # noqa: E402
+
+
+def read_run(doc: str, scenes: int):
+    """Parse the command line, load RUN's checkpoint and draw its probe scenes. Returns
+    (config, loaded model, scenes)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("--scenes", type=int, default=scenes)
+    ap.add_argument("--seed", type=int, default=4242)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg, lm, step = load_checkpoint(ROOT / "experiments" / "runs" / args.run)
+    probe = make_scenes(args.scenes, seed=args.seed, **cfg.scene())
+    print(f"{args.run}: step {step} ({step * cfg.batch / 1e6:.3f} M images), "
+          f"{args.scenes} scenes of seed {args.seed}")
+    return cfg, lm, probe
