@@ -260,12 +260,12 @@ def run(names: list[str], jobs: int) -> None:
         out = HERE / "runs" / name
         out.mkdir(parents=True, exist_ok=True)
         rel = str(out.relative_to(ROOT))
-        saved = _saved_steps(out)
+        saved = _checkpoint(out)
         wanted = overrides.get("steps")
         if saved is not None and (not (out / "model.safetensors").is_file() or
-                                  (wanted is not None and saved[0] < wanted)):
+                                  (wanted is not None and saved["step"] < wanted)):
             args = [sys.executable, "-m", "vitreg_lib.train", "--resume", "--out", rel]
-            if wanted is not None and wanted != saved[1]:
+            if wanted is not None and wanted != saved["steps"]:
                 args += ["--steps", str(wanted)]  # a run extended (constant schedule only)
         else:
             args = [sys.executable, "-m", "vitreg_lib.train", "--preset", preset, "--out", rel]
@@ -280,37 +280,36 @@ def run(names: list[str], jobs: int) -> None:
         p.wait()
 
 
-def _saved_steps(folder: Path) -> tuple[int, int] | None:
-    """(step reached, steps planned) of the run's checkpoint, or None without one."""
+def _checkpoint(folder: Path) -> dict | None:
+    """What the run's checkpoint says of its progress (step reached, steps planned, batch,
+    wall seconds); None without a checkpoint."""
     import torch
 
     if not (folder / "checkpoint.pt").is_file():
         return None
     ck = torch.load(folder / "checkpoint.pt", weights_only=True, map_location="cpu")
-    return ck["step"], ck["config"]["steps"]
+    return dict(step=ck["step"], steps=ck["config"]["steps"], batch=ck["config"]["batch"],
+                wall_s=ck["wall_s"])
 
 
 def _state(folder: Path, steps: int) -> str:
     """'finished' once the run has reached the steps its entry asks for, else 'resumable'."""
-    saved = _saved_steps(folder)
-    done = saved[0] if saved else json.loads((folder / "log.json").read_text())[-1]["step"]
+    ck = _checkpoint(folder)
+    done = ck["step"] if ck else json.loads((folder / "log.json").read_text())[-1]["step"]
     return "finished" if done >= steps and (folder / "model.safetensors").is_file() else "resumable"
 
 
 def _spent(name: str) -> tuple[float, int]:
     """Core-hours and images a run has consumed: from its checkpoint (written every 10
     minutes and on stop, so it runs ahead of the last log point), else its last log point."""
-    import torch
-
     folder = HERE / "runs" / name
     wall, images = 0.0, 0
     if (folder / "log.json").is_file():
         last = json.loads((folder / "log.json").read_text())[-1]
         wall, images = last["wall_s"], last["images"]
-    if (folder / "checkpoint.pt").is_file():
-        ck = torch.load(folder / "checkpoint.pt", weights_only=True, map_location="cpu")
-        batch = ck["config"]["batch"]
-        wall, images = max(wall, ck["wall_s"]), max(images, ck["step"] * batch)
+    ck = _checkpoint(folder)
+    if ck:
+        wall, images = max(wall, ck["wall_s"]), max(images, ck["step"] * ck["batch"])
     return wall / 3600, images
 
 
