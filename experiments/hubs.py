@@ -27,7 +27,7 @@ from vitreg_lib.train import attention_hub, to_tensor  # noqa: E402
 
 
 def main() -> None:
-    cfg, lm, scenes = read_run(__doc__, scenes=96)
+    cfg, lm, scenes, _ = read_run(__doc__, scenes=96)
     counts = np.array([len(b) for b in scenes.boxes])
     feats = extract(lm, to_tensor(scenes.images), layers="all", received=True, progress=False)
     fg = scenes.patch_foreground(cfg.patch).reshape(len(counts), -1)

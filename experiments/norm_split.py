@@ -37,7 +37,7 @@ def split(norms: np.ndarray, on_object: np.ndarray) -> dict:
 
 
 def main() -> None:
-    cfg, lm, scenes = read_run(__doc__, scenes=128)
+    cfg, lm, scenes, _ = read_run(__doc__, scenes=128)
     feats = extract(lm, to_tensor(scenes.images), layers="all", progress=False)
     on_object = scenes.patch_foreground(cfg.patch).reshape(len(scenes.images), -1) > 0
     for layer in range(cfg.depth):

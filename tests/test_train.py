@@ -391,3 +391,25 @@ def test_norm_split_tells_a_background_tail_from_a_flat_split():
     assert s["median_background"] == s["median_object"] == 1 and s["ratio"] == 1
     assert s["background_above_object_p90"] == 0.1  # 1 of the 10 background patches
     assert mod.split(np.ones((2, 10)), on_object)["background_above_object_p90"] == 0
+
+
+def test_global_split_picks_one_token_of_each_kind_per_image():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / "global_split.py"
+    spec = importlib.util.spec_from_file_location("global_split", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    patches = np.arange(3 * 4 * 2, dtype=np.float32).reshape(3, 4, 2)  # token value = its index
+    norms = np.array([[1, 5, 2, 9], [3, 1, 1, 1], [1, 1, 1, 1]], float)
+    on_object = np.array([[0, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]], bool)
+    sets = mod.pick(patches, norms, on_object)
+    top, top_idx = sets["top-norm background patch"]
+    # image 0: patch 3 has the largest norm but is on an object; patch 1 is the top background
+    # patch; image 1 has no background and is left out
+    assert top_idx.tolist() == [0, 2] and top[0].tolist() == patches[0, 1].tolist()
+    assert sets["random background patch"][1].tolist() == [0, 2]
+    obj, obj_idx = sets["random object patch"]
+    assert obj_idx.tolist() == [0, 1] and obj[0].tolist() == patches[0, 3].tolist()
+    assert all(v[0].shape[1] == 2 for v in sets.values())
