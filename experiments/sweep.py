@@ -293,10 +293,12 @@ def _checkpoint(folder: Path) -> dict | None:
 
 
 def _state(folder: Path, steps: int) -> str:
-    """'finished' once the run has reached the steps its entry asks for, else 'resumable'."""
+    """'finished' once the run has reached the steps its entry asks for, else 'resumable'.
+    Read from the committed checkpoint or log only: the final weights are not committed,
+    so a fresh clone reports a run as its author's machine did."""
     ck = _checkpoint(folder)
     done = ck["step"] if ck else json.loads((folder / "log.json").read_text())[-1]["step"]
-    return "finished" if done >= steps and (folder / "model.safetensors").is_file() else "resumable"
+    return "finished" if done >= steps else "resumable"
 
 
 def _spent(name: str) -> tuple[float, int]:

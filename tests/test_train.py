@@ -413,3 +413,19 @@ def test_global_split_picks_one_token_of_each_kind_per_image():
     obj, obj_idx = sets["random object patch"]
     assert obj_idx.tolist() == [0, 1] and obj[0].tolist() == patches[0, 3].tolist()
     assert all(v[0].shape[1] == 2 for v in sets.values())
+
+
+def test_sweep_reports_a_run_finished_from_its_log_alone(tmp_path):
+    """The final weights are not committed: a fresh clone must still call a run that
+    reached its steps finished, and one short of them resumable."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / "sweep.py"
+    spec = importlib.util.spec_from_file_location("sweep", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "log.json").write_text(json.dumps([{"step": 1600}, {"step": 3200}]))
+    assert mod._state(tmp_path, 3200) == "finished"  # no model.safetensors, no checkpoint
+    assert mod._state(tmp_path, 6400) == "resumable"
