@@ -375,14 +375,20 @@ def test_attention_hub_is_the_head_whose_top_token_takes_most():
     assert idx[:, 1].tolist() == [2, 2] and idx[0, 2] == 0
 
 
-def test_norm_split_tells_a_background_tail_from_a_flat_split():
+def _experiment(name: str):
+    """Load ``experiments/NAME.py`` (a script, not a package) as a module."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "experiments" / "norm_split.py"
-    spec = importlib.util.spec_from_file_location("norm_split", path)
+    path = Path(__file__).resolve().parent.parent / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_norm_split_tells_a_background_tail_from_a_flat_split():
+    mod = _experiment("norm_split")
     on_object = np.zeros((2, 10), bool)
     on_object[:, :5] = True  # half the patches are object patches
     norms = np.ones((2, 10))
@@ -394,13 +400,7 @@ def test_norm_split_tells_a_background_tail_from_a_flat_split():
 
 
 def test_global_split_picks_one_token_of_each_kind_per_image():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "experiments" / "global_split.py"
-    spec = importlib.util.spec_from_file_location("global_split", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _experiment("global_split")
     patches = np.arange(3 * 4 * 2, dtype=np.float32).reshape(3, 4, 2)  # token value = its index
     norms = np.array([[1, 5, 2, 9], [3, 1, 1, 1], [1, 1, 1, 1]], float)
     on_object = np.array([[0, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]], bool)
@@ -418,14 +418,9 @@ def test_global_split_picks_one_token_of_each_kind_per_image():
 def test_sweep_reports_a_run_finished_from_its_log_alone(tmp_path):
     """The final weights are not committed: a fresh clone must still call a run that
     reached its steps finished, and one short of them resumable."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "experiments" / "sweep.py"
-    spec = importlib.util.spec_from_file_location("sweep", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _experiment("sweep")
     (tmp_path / "log.json").write_text(json.dumps([{"step": 1600}, {"step": 3200}]))
     assert mod._state(tmp_path, 3200) == "finished"  # no model.safetensors, no checkpoint
     assert mod._state(tmp_path, 6400) == "resumable"
