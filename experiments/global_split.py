@@ -31,7 +31,7 @@ from probe_run import read_run  # noqa: E402
 
 from vitreg_lib.features import extract  # noqa: E402
 from vitreg_lib.outliers import token_norms  # noqa: E402
-from vitreg_lib.probes import global_probe, to_frame  # noqa: E402
+from vitreg_lib.probes import global_probe, special_token_sets, to_frame  # noqa: E402
 from vitreg_lib.train import to_tensor  # noqa: E402
 
 
@@ -67,11 +67,7 @@ def main() -> None:
     norms = token_norms(feats.patches(block)).numpy().reshape(len(scenes.images), -1)
     on_object = scenes.patch_foreground(cfg.patch).reshape(len(scenes.images), -1) > 0
     sets = pick(patches, norms, on_object)
-    every = np.arange(len(scenes.images))
-    if feats.layout.num_cls:
-        sets["cls"] = (feats.cls(block).numpy(), every)
-    for r in range(feats.layout.num_registers):
-        sets[f"register {r}"] = (feats.registers(block)[:, r].numpy(), every)
+    sets.update(special_token_sets(feats, block))
     labels = scenes.label(cfg.task)
     frame = to_frame(global_probe(sets, labels, len(labels)))
     print(f"block {block}, task {cfg.task!r} ({frame['note'].iloc[0].split(';')[0]})")

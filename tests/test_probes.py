@@ -100,7 +100,7 @@ def test_global_token_sets_from_features():
     from conftest import tiny
 
     from vitreg_lib.features import extract
-    from vitreg_lib.probes import global_token_sets
+    from vitreg_lib.probes import global_token_sets, special_token_sets
 
     f = extract(tiny(registers=2), torch.randn(6, 3, 16, 16), layers=[-1])
     mask = np.zeros((6, 4, 4), bool)
@@ -110,6 +110,10 @@ def test_global_token_sets_from_features():
     assert sets["outlier patch"][1].tolist() == [0, 1]
     np.testing.assert_allclose(sets["outlier patch"][0][1], f.patches(-1)[1, 0].numpy())
     np.testing.assert_allclose(sets["register 1"][0], f.registers(-1)[:, 1].numpy())
+    special = special_token_sets(f, -1)  # what experiments/global_split.py adds to its patches
+    assert list(special) == ["cls", "register 0", "register 1"]
+    assert special["cls"][1].tolist() == list(range(6))
+    np.testing.assert_allclose(special["cls"][0], f.cls(-1).numpy())
 
 
 def test_similarity_norm_correlation_sign():

@@ -270,20 +270,29 @@ def global_probe(token_sets: dict[str, tuple[np.ndarray, np.ndarray]], labels, n
     return out
 
 
-def global_token_sets(features, layer, outlier_mask,
-                      seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The tokens of the global probe from a :class:`~vitreg_lib.features.Features`:
-    [CLS] (if any), one random normal and one random outlier patch per image, each
-    register (if any) and each test-time register (if any)."""
-    n = features.num_images
-    every = np.arange(n)
+def special_token_sets(features, layer) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The tokens every image has exactly one of, from a
+    :class:`~vitreg_lib.features.Features`: [CLS] (if any), each register (if any) and
+    each test-time register (if any), as name -> (tokens ``[B, D]``, image indices)."""
+    every = np.arange(features.num_images)
     sets = {"cls": (as_numpy(features.cls(layer)), every)} if features.layout.num_cls else {}
-    sets.update(pick_tokens(features.patches(layer), outlier_mask, seed=seed))
     for r in range(features.layout.num_registers):
         sets[f"register {r}"] = (as_numpy(features.registers(layer)[:, r]), every)
     extra = features.layout.split(features.layer(layer))["extra"]
     for e in range(features.layout.extra):
         sets[f"test-time register {e}"] = (as_numpy(extra[:, e]), every)
+    return sets
+
+
+def global_token_sets(features, layer, outlier_mask,
+                      seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The tokens of the global probe from a :class:`~vitreg_lib.features.Features`:
+    [CLS] (if any), one random normal and one random outlier patch per image, each
+    register (if any) and each test-time register (if any)."""
+    special = special_token_sets(features, layer)
+    sets = {k: v for k, v in special.items() if k == "cls"}
+    sets.update(pick_tokens(features.patches(layer), outlier_mask, seed=seed))
+    sets.update({k: v for k, v in special.items() if k != "cls"})
     return sets
 
 
