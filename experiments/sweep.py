@@ -247,6 +247,23 @@ EXPERIMENTS = {
                     "global state, its heads give the registers a large share of their attention "
                     "(the 64-wide 6-block [CLS] screens gave them at most 12 % at 0.2 M images, "
                     "twice the uniform 6 %). Extended with its twin to 2.05 M images"),
+    # session of 2026-12-03: the one optimiser lever not yet run long. Every long run had
+    # weight decay (0.05-0.5) on the matrices, and their max/median norm stayed flat for
+    # millions of images (v3b_objects_r0: 1.1-1.9 in blocks 1-5 from 0.1 to 3.4 M images)
+    "v3h_nowd_objects_r0": ("lab_v3", dict(cls_token=False, objective="dense_objects",
+                                           weight_decay=0.0, steps=20000),
+                            "(g, no weight decay) v3b_objects_r0 with weight decay 0 on every "
+                            "parameter: Guo et al. (2024) find a sink's residual norm grows about "
+                            "linearly with steps under Adam, and weight decay on the MLP matrices "
+                            "that write the residual stream is what could cap it here. If so, some "
+                            "block's max/median rises through the run (above 5 by 1.28 M images) "
+                            "where v3b_objects_r0's stayed flat; if it stays flat below 2.5, weight "
+                            "decay was not what held the norms back"),
+    "v3h_nowd_wide_r0": ("lab_v3", dict(dim=128, heads=2, weight_decay=0.0, steps=16000),
+                         "(g, no weight decay, width) v3g_wide_r0 (the 6 x 128 [CLS] classifier, "
+                         "the closest to the paper's supervised models) with weight decay 0: the "
+                         "same prediction as v3h_nowd_objects_r0, against v3g_wide_r0's "
+                         "max/median of at most 4.5 (4.0 after 1.02 M images)"),
 }
 
 
