@@ -264,6 +264,22 @@ EXPERIMENTS = {
                          "the closest to the paper's supervised models) with weight decay 0: the "
                          "same prediction as v3h_nowd_objects_r0, against v3g_wide_r0's "
                          "max/median of at most 4.5 (4.0 after 1.02 M images)"),
+    # session of 2026-12-03 (second): both v3h runs grew a max/median no run with weight
+    # decay had (block 1 of v3h_nowd_objects_r0: 2.1 -> 4.65 by 1.15 M images, then 4.4;
+    # blocks 3-5 of v3h_nowd_wide_r0: 1.9 -> 4.3 by 0.69 M and still rising), but their
+    # top-1 % norm patches lie on objects (0 % on background against a 79 % base rate).
+    "v3h_nowd_wide_objects_r0": ("lab_v3", dict(dim=128, heads=2, cls_token=False,
+                                                objective="dense_objects", weight_decay=0.0,
+                                                steps=16000),
+                                 "(g, no weight decay, width, dense objective) the two levers "
+                                 "that grew a max/median (no weight decay, width 128) with the "
+                                 "objective that put the deep blocks' top norms on background "
+                                 "(v3b_objects_r0: 76-100 % of the top 1 % against 79 %). If the "
+                                 "growth is a token with no local job taking the global one, here "
+                                 "it moves to background: some block's max/median above 5 by 1 M "
+                                 "images with its top 1 % on background above the base rate. If "
+                                 "the top 1 % stays on objects, the growth under weight decay 0 "
+                                 "belongs to object tokens whatever the objective"),
 }
 
 
