@@ -2,10 +2,11 @@
 
     python experiments/norm_split.py RUN [--scenes 128] [--seed 4242]
 
-Read from the run's checkpoint on fresh scenes of its own recipe. For each block (the
-residual stream after the MLP, as in the training log): the median norm of background
-and of object patches and their ratio, the share of background patches above the object
-patches' 90th percentile, and the 99th percentile over the median of all patches. A
+Read from the run's checkpoint on fresh scenes of its own recipe. For each block, at
+both sites of the training log (the residual stream after the attention and after the
+MLP): the median norm of background and of object patches and their ratio, the share of
+background patches above the object patches' 90th percentile, the 99th percentile and
+the maximum over the median of all patches. A
 high-norm *mode* would show as a small share of background patches far above every
 object patch; a ratio near 1 with a share of 10-20 % is a tail, not a mode. The numbers
 quoted in RESULTS.md come from here.
@@ -33,19 +34,24 @@ def split(norms: np.ndarray, on_object: np.ndarray) -> dict:
     return dict(median_background=float(np.median(bg)), median_object=float(np.median(obj)),
                 ratio=float(np.median(bg) / np.median(obj)),
                 background_above_object_p90=float(np.mean(bg > np.quantile(obj, 0.9))),
-                p99_over_median=float(np.quantile(norms, 0.99) / np.median(norms)))
+                p99_over_median=float(np.quantile(norms, 0.99) / np.median(norms)),
+                max_over_median=float(norms.max() / np.median(norms)))
 
 
 def main() -> None:
     cfg, lm, scenes, _ = read_run(__doc__, scenes=128)
-    feats = extract(lm, to_tensor(scenes.images), layers="all", progress=False)
+    feats = extract(lm, to_tensor(scenes.images), layers="all", mid=True, progress=False)
     on_object = scenes.patch_foreground(cfg.patch).reshape(len(scenes.images), -1) > 0
     for layer in range(cfg.depth):
-        s = split(token_norms(feats.patches(layer)).numpy(), on_object)
-        print(f"block {layer}: median norm background {s['median_background']:.0f}, objects "
-              f"{s['median_object']:.0f} (ratio {s['ratio']:.2f}); background above the objects' "
-              f"90th percentile {100 * s['background_above_object_p90']:.0f} %; 99th percentile / "
-              f"median {s['p99_over_median']:.2f}")
+        sites = (("attn", feats.layout.split(feats.after_attention(layer))["patches"]),
+                 ("mlp", feats.patches(layer)))
+        for site, tokens in sites:
+            s = split(token_norms(tokens).numpy(), on_object)
+            print(f"block {layer} {site:4s}: median norm background {s['median_background']:.0f}, "
+                  f"objects {s['median_object']:.0f} (ratio {s['ratio']:.2f}); background above "
+                  f"the objects' 90th percentile {100 * s['background_above_object_p90']:.0f} %; "
+                  f"99th percentile / median {s['p99_over_median']:.2f}, max / median "
+                  f"{s['max_over_median']:.2f}")
 
 
 if __name__ == "__main__":

@@ -396,6 +396,7 @@ def test_norm_split_tells_a_background_tail_from_a_flat_split():
     s = mod.split(norms, on_object)
     assert s["median_background"] == s["median_object"] == 1 and s["ratio"] == 1
     assert s["background_above_object_p90"] == 0.1  # 1 of the 10 background patches
+    assert s["max_over_median"] == 30.0
     assert mod.split(np.ones((2, 10)), on_object)["background_above_object_p90"] == 0
 
 
