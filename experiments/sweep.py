@@ -280,6 +280,17 @@ EXPERIMENTS = {
                                  "images with its top 1 % on background above the base rate. If "
                                  "the top 1 % stays on objects, the growth under weight decay 0 "
                                  "belongs to object tokens whatever the objective"),
+    # norm_split.py and norm maps of v3h_nowd_wide_r0 at 0.70 M images: the growing tail
+    # (block 2's MLP on) is 1-3 patches per image on high-contrast objects: content.
+    "v3h_nowd_deep_r0": ("lab_v3", dict(depth=12, weight_decay=0.0, steps=32000),
+                         "(g, no weight decay, depth) v3e_deep_r0 (the 12-block [CLS] classifier, "
+                         "the only recipe whose late blocks parked on free registers) with weight "
+                         "decay 0: without registers those heads have to make a place out of a "
+                         "patch, and without weight decay nothing caps that patch's norm growing "
+                         "under Adam (Guo et al.). If so, some block from 6 on has max/median "
+                         "above 5 by 1 M images with its top 1 % on background above the 79 % "
+                         "base rate; the null is v3e_deep_r0's max/median of at most 4.5 after "
+                         "0.45 M, its top 1 % on objects"),
 }
 
 
