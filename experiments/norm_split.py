@@ -1,12 +1,14 @@
 """How a run's patch-token norms split between background and object patches, per block.
 
-    python experiments/norm_split.py RUN [--scenes 128] [--seed 4242]
+    python experiments/norm_split.py RUN [--scenes 128] [--seed 4242] [--maps K]
 
 Read from the run's checkpoint on fresh scenes of its own recipe. For each block, at
 both sites of the training log (the residual stream after the attention and after the
 MLP): the median norm of background and of object patches and their ratio, the share of
 background patches above the object patches' 90th percentile, the 99th percentile and
-the maximum over the median of all patches. A
+the maximum over the median of all patches. With ``--maps K`` it also draws the first K
+scenes beside each block's norm map (after the MLP, over the median of all probe patches)
+into ``figures/RUN_norm_maps.png``, to see which patches carry the high norms. A
 high-norm *mode* would show as a small share of background patches far above every
 object patch; a ratio near 1 with a share of 10-20 % is a tail, not a mode. The numbers
 quoted in RESULTS.md come from here.
@@ -39,7 +41,8 @@ def split(norms: np.ndarray, on_object: np.ndarray) -> dict:
 
 
 def main() -> None:
-    cfg, lm, scenes, _ = read_run(__doc__, scenes=128)
+    cfg, lm, scenes, args = read_run(__doc__, scenes=128, options={
+        "--maps": dict(type=int, default=0, help="draw the norm maps of this many scenes")})
     feats = extract(lm, to_tensor(scenes.images), layers="all", mid=True, progress=False)
     on_object = scenes.patch_foreground(cfg.patch).reshape(len(scenes.images), -1) > 0
     for layer in range(cfg.depth):
@@ -52,6 +55,29 @@ def main() -> None:
                   f"the objects' 90th percentile {100 * s['background_above_object_p90']:.0f} %; "
                   f"99th percentile / median {s['p99_over_median']:.2f}, max / median "
                   f"{s['max_over_median']:.2f}")
+    if args.maps:
+        draw_maps(args.run, feats, scenes, cfg, args)
+
+
+def draw_maps(run: str, feats, scenes, cfg, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vitreg_lib.plotting import map_grid
+
+    k, rows = min(args.maps, len(scenes.images)), cfg.img_size // cfg.patch
+    maps = {}
+    for layer in range(cfg.depth):
+        norms = token_norms(feats.patches(layer)).numpy()
+        maps[f"block {layer}"] = (norms / np.median(norms))[:k].reshape(k, rows, rows)
+    fig = map_grid(scenes.pil(range(k)), maps, colorbar_label="norm / median",
+                   caption=f"{Path(run).name} at {args.step * cfg.batch / 1e6:.2f} M images: "
+                           f"patch-token norm after each block's MLP over the median of all {len(scenes.images)} "
+                           f"probe scenes' patches (seed {args.seed}); each block its own scale")
+    out = ROOT / "experiments" / "figures" / f"{Path(run).name}_norm_maps.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=60)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from vitreg_lib.train import load_checkpoint  # noqa: E402
 def read_run(doc: str, scenes: int, options: dict[str, dict] | None = None):
     """Parse the command line, load RUN's checkpoint and draw its probe scenes.
     ``options``: a script's own flags, name -> ``argparse`` keywords. Returns (config,
-    loaded model, scenes, parsed arguments)."""
+    loaded model, scenes, parsed arguments, with the checkpoint's ``step`` added)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run")
     ap.add_argument("--scenes", type=int, default=scenes)
@@ -28,6 +28,7 @@ def read_run(doc: str, scenes: int, options: dict[str, dict] | None = None):
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg, lm, step = load_checkpoint(ROOT / "experiments" / "runs" / args.run)
+    args.step = step  # the checkpoint's step, for the scripts' captions
     probe = make_scenes(args.scenes, seed=args.seed, **cfg.scene())
     print(f"{args.run}: step {step} ({step * cfg.batch / 1e6:.3f} M images), "
           f"{args.scenes} scenes of seed {args.seed}")

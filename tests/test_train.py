@@ -1,4 +1,5 @@
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -120,7 +121,6 @@ def test_fixed_set_run_resumes_bit_for_bit(tmp_path):
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     """A real kill (SIGKILL) mid-run, then --resume: same weights as a run never stopped."""
     import subprocess
-    import sys
     import time
 
     main(["--preset", "tiny_v2", "--out", str(tmp_path / "whole"), "--steps", "40", "--log_points", "3"])
@@ -303,7 +303,6 @@ def test_lab_curves_gives_every_block_of_a_deep_model_its_own_colour():
 def test_sigterm_checkpoints_and_stops_so_the_run_resumes_bit_for_bit(tmp_path):
     import signal
     import subprocess
-    import sys
     import time
 
     args = ["--preset", "tiny_v2", "--steps", "400", "--log_points", "3", "--checkpoint_every", "1e9"]
@@ -398,6 +397,21 @@ def test_norm_split_tells_a_background_tail_from_a_flat_split():
     assert s["background_above_object_p90"] == 0.1  # 1 of the 10 background patches
     assert s["max_over_median"] == 30.0
     assert mod.split(np.ones((2, 10)), on_object)["background_above_object_p90"] == 0
+
+
+def test_norm_split_reads_a_checkpoint_and_draws_its_norm_maps(tmp_path, monkeypatch, capsys):
+    mod = _experiment("norm_split")
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "run")])
+    monkeypatch.setattr(mod, "ROOT", tmp_path)  # the figure goes under tmp_path/experiments
+    monkeypatch.setattr(sys, "argv", ["norm_split.py", str(tmp_path / "run"), "--scenes", "6",
+                                      "--maps", "3"])
+    mod.main()
+    out = capsys.readouterr().out
+    depth = PRESETS["tiny_v2"].depth
+    assert out.count("attn:") == out.count("mlp :") == depth  # both sites of every block
+    assert "6 scenes of seed 4242" in out
+    fig = tmp_path / "experiments" / "figures" / "run_norm_maps.png"
+    assert fig.is_file() and fig.stat().st_size > 1000
 
 
 def test_global_split_picks_one_token_of_each_kind_per_image():
