@@ -72,8 +72,9 @@ def draw_maps(run: str, feats, scenes, cfg, args) -> None:
         maps[f"block {layer}"] = (norms / np.median(norms))[:k].reshape(k, rows, rows)
     fig = map_grid(scenes.pil(range(k)), maps, colorbar_label="norm / median",
                    caption=f"{Path(run).name} at {args.step * cfg.batch / 1e6:.2f} M images: "
-                           f"patch-token norm after each block's MLP over the median of all {len(scenes.images)} "
-                           f"probe scenes' patches (seed {args.seed}); each block its own scale")
+                           f"patch-token norm after each block's MLP over the median of all "
+                           f"{len(scenes.images)} probe scenes' patches (seed {args.seed}); "
+                           "each block its own scale")
     out = ROOT / "experiments" / "figures" / f"{Path(run).name}_norm_maps.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=60)
