@@ -45,37 +45,38 @@ def main() -> None:
         "--maps": dict(type=int, default=0, help="draw the norm maps of this many scenes")})
     feats = extract(lm, to_tensor(scenes.images), layers="all", mid=True, progress=False)
     on_object = scenes.patch_foreground(cfg.patch).reshape(len(scenes.images), -1) > 0
+    after_mlp = []  # per block, [B, patches]: the sites the maps draw
     for layer in range(cfg.depth):
-        sites = (("attn", feats.layout.split(feats.after_attention(layer))["patches"]),
-                 ("mlp", feats.patches(layer)))
-        for site, tokens in sites:
-            s = split(token_norms(tokens).numpy(), on_object)
+        after_mlp.append(token_norms(feats.patches(layer)).numpy())
+        sites = (("attn", token_norms(feats.layout.split(feats.after_attention(layer))["patches"]).numpy()),
+                 ("mlp", after_mlp[-1]))
+        for site, norms in sites:
+            s = split(norms, on_object)
             print(f"block {layer} {site:4s}: median norm background {s['median_background']:.0f}, "
                   f"objects {s['median_object']:.0f} (ratio {s['ratio']:.2f}); background above "
                   f"the objects' 90th percentile {100 * s['background_above_object_p90']:.0f} %; "
                   f"99th percentile / median {s['p99_over_median']:.2f}, max / median "
                   f"{s['max_over_median']:.2f}")
     if args.maps:
-        draw_maps(args.run, feats, scenes, cfg, args)
+        draw_maps(after_mlp, scenes, cfg, args)
 
 
-def draw_maps(run: str, feats, scenes, cfg, args) -> None:
+def draw_maps(after_mlp: list[np.ndarray], scenes, cfg, args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from vitreg_lib.plotting import map_grid
 
     k, rows = min(args.maps, len(scenes.images)), cfg.img_size // cfg.patch
-    maps = {}
-    for layer in range(cfg.depth):
-        norms = token_norms(feats.patches(layer)).numpy()
-        maps[f"block {layer}"] = (norms / np.median(norms))[:k].reshape(k, rows, rows)
+    maps = {f"block {layer}": (norms / np.median(norms))[:k].reshape(k, rows, rows)
+            for layer, norms in enumerate(after_mlp)}
+    run = Path(args.run).name
     fig = map_grid(scenes.pil(range(k)), maps, colorbar_label="norm / median",
-                   caption=f"{Path(run).name} at {args.step * cfg.batch / 1e6:.2f} M images: "
+                   caption=f"{run} at {args.step * cfg.batch / 1e6:.2f} M images: "
                            f"patch-token norm after each block's MLP over the median of all "
                            f"{len(scenes.images)} probe scenes' patches (seed {args.seed}); "
                            "each block its own scale")
-    out = ROOT / "experiments" / "figures" / f"{Path(run).name}_norm_maps.png"
+    out = ROOT / "experiments" / "figures" / f"{run}_norm_maps.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=60)
     print(f"wrote {out}")

@@ -265,9 +265,9 @@ EXPERIMENTS = {
                          "same prediction as v3h_nowd_objects_r0, against v3g_wide_r0's "
                          "max/median of at most 4.5 (4.0 after 1.02 M images)"),
     # session of 2026-12-03 (second): both v3h runs grew a max/median no run with weight
-    # decay had (block 1 of v3h_nowd_objects_r0: 2.1 -> 4.65 by 1.15 M images, then 4.4;
-    # blocks 3-5 of v3h_nowd_wide_r0: 1.9 -> 4.3 by 0.69 M and still rising), but their
-    # top-1 % norm patches lie on objects (0 % on background against a 79 % base rate).
+    # decay had (v3h_nowd_objects_r0 after block 0's MLP: 3.2 -> 5.6, block 1's attention
+    # 2.1 -> 4.65; v3h_nowd_wide_r0 from block 2's MLP on: 1.9 -> 4.4 by 0.69 M), but their
+    # top-1 % norm patches lie on objects (0-2 % on background against a 79 % base rate).
     "v3h_nowd_wide_objects_r0": ("lab_v3", dict(dim=128, heads=2, cls_token=False,
                                                 objective="dense_objects", weight_decay=0.0,
                                                 steps=16000),
