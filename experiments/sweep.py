@@ -291,6 +291,21 @@ EXPERIMENTS = {
                          "above 5 by 1 M images with its top 1 % on background above the 79 % "
                          "base rate; the null is v3e_deep_r0's max/median of at most 4.5 after "
                          "0.45 M, its top 1 % on objects"),
+    # session of 2026-12-03 (third): v3h_nowd_deep_r0's late-block max/median peaked at 5.6
+    # (0.41 M images) and fell to 4.1 by 0.67 M, its top 1 % on objects at every point;
+    # v3h_nowd_wide_objects_r0 stayed flat (<= 2.2 in blocks 1-5 to 0.90 M).
+    "v3i_flat_nowd_r0": ("lab_v3", dict(weight_decay=0.0, gradient=0.0, noise=0.0, steps=16000),
+                         "(h, redundant background) the 6 x 64 [CLS] classifier without weight "
+                         "decay (the lever that grew norms, on objects) on scenes whose "
+                         "background has no ramp and no noise, so every background patch of a "
+                         "scene is the same pixels and only its position tells it apart: the "
+                         "paper reads artifacts as redundant patches recycled for global "
+                         "storage, and every earlier run's background still varied across the "
+                         "image (a ramp of up to 0.15 per channel, noise 0.02). If redundancy "
+                         "is what picks the storage tokens, some block's top 1 % moves to "
+                         "background above the 79 % base rate with max/median above 5 by "
+                         "1.02 M images; the null is the v3h runs' growth on objects (0-2 % of "
+                         "the top 1 % on background) or no growth"),
 }
 
 

@@ -187,6 +187,20 @@ def test_object_clutter_textures_objects_and_keeps_their_masks():
     assert "object_clutter" in SCENE_OPTIONS
 
 
+def test_gradient_zero_and_no_noise_make_every_background_patch_alike():
+    ramp = make_scenes(6, seed=5, size=32, noise=0.0)
+    assert np.array_equal(ramp.images, make_scenes(6, seed=5, size=32, noise=0.0, gradient=0.15).images)
+    flat = make_scenes(6, seed=5, size=32, noise=0.0, gradient=0.0)
+    # the same layout and colours: only the background's ramp is gone
+    assert np.array_equal(flat.masks, ramp.masks) and all(map(np.array_equal, flat.boxes, ramp.boxes))
+    for s, one in ((flat, True), (ramp, False)):
+        bg = [len(np.unique(img[~m].reshape(-1, 3), axis=0)) for img, m in zip(s.images, s.masks)]
+        assert (max(bg) == 1) == one  # flat: a single background colour per scene
+    with pytest.raises(ValueError, match="gradient"):
+        make_scenes(1, gradient=-0.1)
+    assert "gradient" in SCENE_OPTIONS
+
+
 def test_a_readers_own_folder_for_probes_photos_and_discovery(tmp_path):
     import json as _json
 

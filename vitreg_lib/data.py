@@ -229,14 +229,17 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
                 min_object: float = 0.15, max_object: float = 0.35,
                 noise: float = 0.02, separate: bool = False, border: int = 0,
                 texture: float = 0.0, trigger: float = 0.0, min_objects: int = 1,
-                clutter: float = 0.0, regions: int = 0, object_clutter: float = 0.0) -> Scenes:
+                clutter: float = 0.0, regions: int = 0, object_clutter: float = 0.0,
+                gradient: float = 0.15) -> Scenes:
     """``n`` scenes, identical for identical arguments.
 
     ``separate=True`` places objects so that their boxes do not touch (a count is then
     unambiguous); an object that finds no free place in 100 tries is left out.
 
-    Background: one random colour with a gentle linear gradient and faint noise
-    (``noise``, standard deviation in [0, 1] pixel units). Objects: 1..``max_objects``
+    Background: one random colour with a gentle linear gradient (``gradient``, the
+    largest change per channel along it, in [0, 1] pixel units per image side) and faint
+    noise (``noise``, standard deviation in the same units); ``gradient=0, noise=0``
+    makes every background patch of a scene the same pixels. Objects: 1..``max_objects``
     squares, circles or triangles of side ``min_object..max_object`` x ``size``, each a
     colour far from the background.
 
@@ -267,6 +270,8 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
     """
     if n < 1 or size < 8:
         raise ValueError("Need n >= 1 and size >= 8.")
+    if gradient < 0 or noise < 0:
+        raise ValueError(f"gradient and noise are amplitudes >= 0, got {gradient} and {noise}.")
     if not 0 <= min_objects <= max_objects:
         raise ValueError(f"Need 0 <= min_objects <= max_objects, got {min_objects} and {max_objects}.")
     if not 0 <= trigger <= 1:
@@ -285,7 +290,7 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
         direction = rng.normal(size=2)
         direction /= np.linalg.norm(direction) + 1e-8
         ramp = ((xx * direction[0] + yy * direction[1]) / size)[..., None]
-        img = base + 0.15 * rng.uniform(-1, 1, 3) * ramp
+        img = base + gradient * rng.uniform(-1, 1, 3) * ramp  # drawn at any gradient: same stream
         if regions:
             img = img + _region_offsets(rng, size, regions)
         if texture:
@@ -363,7 +368,8 @@ def _region_offsets(rng: np.random.Generator, size: int, regions: int) -> np.nda
 
 #: the arguments of :func:`make_scenes` that describe a distribution of scenes
 SCENE_OPTIONS = ("size", "max_objects", "min_object", "max_object", "noise", "separate", "border",
-                 "texture", "trigger", "min_objects", "clutter", "regions", "object_clutter")
+                 "texture", "trigger", "min_objects", "clutter", "regions", "object_clutter",
+                 "gradient")
 
 
 def scene_kwargs(options: dict) -> dict:

@@ -115,6 +115,7 @@ class TrainConfig:
     separate_objects: bool = False  # boxes never touch, so counts are unambiguous
     border: int = 0  # pixels along the edge that no object enters
     texture: float = 0.0  # amplitude of a background grating
+    gradient: float = 0.15  # amplitude of the background's linear ramp (0 + noise 0: flat)
     clutter: float = 0.0  # amplitude of a random multi-scale background field
     regions: int = 0  # up to this many flat background regions of different colours (0: one)
     object_clutter: float = 0.0  # amplitude of a random field inside each object (0: flat objects)
@@ -171,7 +172,7 @@ class TrainConfig:
         # options left at their defaults are left out, so old configs read the same
         for key, default in (("border", 0), ("texture", 0.0), ("trigger", 0.0), ("noise", 0.02),
                              ("min_objects", 1), ("clutter", 0.0), ("regions", 0),
-                             ("object_clutter", 0.0)):
+                             ("object_clutter", 0.0), ("gradient", 0.15)):
             if getattr(self, key) != default:
                 out[key] = getattr(self, key)
         return out
