@@ -306,6 +306,21 @@ EXPERIMENTS = {
                          "background above the 79 % base rate with max/median above 5 by "
                          "1.02 M images; the null is the v3h runs' growth on objects (0-2 % of "
                          "the top 1 % on background) or no growth"),
+    # v3i_flat_nowd_r0 at 0.79 M images: blocks 2-5 at max/median 3.6-3.9, the top 1 % on
+    # objects (0 %) at every point from 0.1 M: the flat background did not move them.
+    "v3i_flat_nowd_objects_r0": ("lab_v3", dict(cls_token=False, objective="dense_objects",
+                                                weight_decay=0.0, gradient=0.0, noise=0.0,
+                                                steps=16000),
+                                 "(h, redundant background, dense objective) v3h_nowd_objects_r0 "
+                                 "on the flat scenes of v3i_flat_nowd_r0: every patch predicts the "
+                                 "objects and reconstructs itself, and a background patch's own "
+                                 "pixels are now one colour shared by every background patch of "
+                                 "the scene, the cheapest local job any run has set. If tokens "
+                                 "with nothing left to say locally are where global storage goes, "
+                                 "some block from 2 on has max/median above 5 by 1.02 M images "
+                                 "with its top 1 % on background above the 79 % base rate; the "
+                                 "null is v3b_objects_r0's whole-background shift (background "
+                                 "median 1.0-1.2 x the objects', max/median <= 3.1)"),
 }
 
 
