@@ -321,6 +321,24 @@ EXPERIMENTS = {
                                  "with its top 1 % on background above the 79 % base rate; the "
                                  "null is v3b_objects_r0's whole-background shift (background "
                                  "median 1.0-1.2 x the objects', max/median <= 3.1)"),
+    # session of 2026-12-03 (fourth): v3i_flat_nowd_r0 finished flat-ish (blocks 2-5 at
+    # max/median 4.0-4.2 at 1.02 M), its top 1 % on objects at every point; v3h_nowd_deep_r0
+    # finished at 2.05 M (blocks 4-11 at 3.8-4.2), on objects at every point.
+    "v3j_texall_nowd_r0": ("lab_v3", dict(weight_decay=0.0, clutter=0.1, object_clutter=0.1,
+                                          steps=16000),
+                           "(i, no canonical token) the 6 x 64 [CLS] classifier without weight "
+                           "decay on scenes where no patch looks alike across images: a random "
+                           "colour field on the background (clutter 0.1) and inside each object "
+                           "(object_clutter 0.1). Keys are read after a LayerNorm, so a patch "
+                           "becomes a content-free place to park attention only if one fixed "
+                           "direction dominates its residual, which takes a high norm; every "
+                           "earlier run had such places ready-made (flat objects, flat or "
+                           "smooth background) and its sinks kept low norms. If so, some block's "
+                           "max/median rises above 5 by 1.02 M images on the parking patches, "
+                           "and if they are background, its top 1 % lies there above the 79 % "
+                           "base rate; the null is the v3h runs' growth on objects (0-2 % of "
+                           "the top 1 % on background) or none (v3a_texobj_r0, textured objects on "
+                           "flat regions: max/median <= 2.5 at 0.31 M, top 1 % on objects)"),
 }
 
 
