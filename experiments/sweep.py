@@ -339,6 +339,27 @@ EXPERIMENTS = {
                            "base rate; the null is the v3h runs' growth on objects (0-2 % of "
                            "the top 1 % on background) or none (v3a_texobj_r0, textured objects on "
                            "flat regions: max/median <= 2.5 at 0.31 M, top 1 % on objects)"),
+    # v3j_texall_nowd_r0 at 0.97 M: max/median <= 2.8 everywhere, blocks 2-5's top 1 % on
+    # objects; v3i_flat_nowd_objects_r0 finished at 1.02 M: block 0's MLP rose 3.6 -> 5.0, on
+    # objects; blocks 1-5 on background (93-100 %) at max/median <= 1.7, a shifted group.
+    "v3k_masked_r0": ("lab_v3", dict(objective="masked", steps=16000),
+                      "(j, DINOv2's split of the work) the [CLS] count plus iBOT-style masking "
+                      "(half the images, 10-50 % of their patches hidden and reconstructed) "
+                      "without registers, trained long: the global loss sits on [CLS], the local "
+                      "loss only on hidden patches, and the visible patches carry no loss, so a "
+                      "redundant visible background patch is free to be recycled, which is the "
+                      "paper's reading of its artifacts in DINOv2. Only a 0.2 M screen with 4 "
+                      "registers ran before (v3d_masked_r4: max/median <= 4.1, top 1 % of block "
+                      "5 on objects). If that split is what makes storage tokens, some block from "
+                      "2 on has max/median above 5 by 1.02 M images with its top 1 % on "
+                      "background above the 79 % base rate; the null is the screen's picture"),
+    "v3k_masked_deep_r0": ("lab_v3", dict(objective="masked", depth=12, steps=32000),
+                           "(j, DINOv2's split, depth) v3k_masked_r0 at 12 blocks, the depth at "
+                           "which late blocks parked on free registers (v3d_deep_r4) and where "
+                           "the paper's artifacts live (the middle and late blocks): the same "
+                           "prediction for some block from 6 on, by 1.02 M images; the null is "
+                           "v3e_deep_r0 (the 12-block [CLS] classifier without masking: "
+                           "max/median <= 4.5 after 0.45 M, top 1 % on objects)"),
 }
 
 
