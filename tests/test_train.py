@@ -399,6 +399,21 @@ def test_norm_split_tells_a_background_tail_from_a_flat_split():
     assert mod.split(np.ones((2, 10)), on_object)["background_above_object_p90"] == 0
 
 
+def test_norm_split_reads_the_frame_against_the_inner_background():
+    mod = _experiment("norm_split")
+    frame = mod.frame_mask(4, 1)  # a 4 x 4 grid: the 12 edge patches, not the 4 inner ones
+    assert frame.reshape(4, 4).tolist() == [[1, 1, 1, 1], [1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1]]
+    on_object = np.zeros((3, 16), bool)
+    on_object[:, 5] = True  # one inner patch is an object, the other three inner background
+    norms = np.ones((3, 16))
+    norms[:, frame] = 2.0  # the frame twice the inner background
+    norms[0, 0] = 50.0  # the top patch (the top 1 % of 48 is one patch) on the frame
+    f = mod.frame_split(norms, frame, on_object)
+    assert f["ratio"] == 2.0 and f["top1_on_frame"] == 1.0 and f["frame_share"] == 0.75
+    norms[0, 0], norms[1, 6] = 2.0, 50.0  # now the top patch is inner background
+    assert mod.frame_split(norms, frame, on_object)["top1_on_frame"] == 0.0
+
+
 def test_norm_split_reads_a_checkpoint_and_draws_its_norm_maps(tmp_path, monkeypatch, capsys):
     mod = _experiment("norm_split")
     main(["--preset", "tiny_v2", "--out", str(tmp_path / "run")])
