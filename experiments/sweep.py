@@ -360,6 +360,19 @@ EXPERIMENTS = {
                            "prediction for some block from 6 on, by 1.02 M images; the null is "
                            "v3e_deep_r0 (the 12-block [CLS] classifier without masking: "
                            "max/median <= 4.5 after 0.45 M, top 1 % on objects)"),
+    # norm_split.py on v3i_flat_nowd_objects_r0: blocks 1-2's top 1 % all on the frame (44 %
+    # of patches), the frame's median 1.3 x the inner background's, max/median <= 1.4
+    "v3i_flat_nowd_objects_r4": ("lab_v3", dict(cls_token=False, objective="dense_objects",
+                                                weight_decay=0.0, gradient=0.0, noise=0.0,
+                                                registers=4, steps=16000),
+                                 "(h, demand test) v3i_flat_nowd_objects_r0 with 4 registers: "
+                                 "if the frame's and the background's lift over the objects is "
+                                 "the model keeping something global on redundant patches, the "
+                                 "registers take it, a head gives them well above the uniform 6 % "
+                                 "of its attention in blocks 1-5, and the frame's median falls to "
+                                 "the inner background's (ratio below 1.1 where the 0-register "
+                                 "run has 1.3); if the lift is a property of position alone, "
+                                 "the frame keeps it and the registers get about 6 %"),
 }
 
 
