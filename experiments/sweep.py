@@ -200,6 +200,17 @@ EXPERIMENTS = {
                           "(Gu et al.); if the 64-patch models ask for a parking place in block 0 "
                           "only because their context is short, the registers are used in more "
                           "blocks here"),
+    "v3d_cls256_r4": ("lab_v2", dict(registers=4, steps=3200),
+                      "(demand, context length, [CLS]) the 6-block [CLS] classifier with 4 "
+                      "registers at v2's 256 patches, beside v3d_objects256_r4: the 64-patch [CLS] "
+                      "screens gave the registers at most 12 % of a head's attention in blocks 1-5 "
+                      "at 0.2 M images. Gu et al. found no sink in LMs with a context under ~256 "
+                      "tokens, and a token that many queries park on collects their gradient "
+                      "(the 'gradient sink' account of massive activations), so demand should "
+                      "grow with the number of patches. If so, some block from 1 on gives the "
+                      "registers at least 20 % of a head's attention at three consecutive logged "
+                      "points by 0.2 M images (uniform: 1.5 %); the null is the 64-patch screens' "
+                      "picture, block 0 at most"),
     "v3d_masked_r4": ("lab_v3", dict(registers=4, objective="masked", steps=3200),
                       "(demand, DINOv2's objective) the [CLS] count plus iBOT-style masking: in half "
                       "of the images 10-50 % of the patches are replaced by a mask token and "
