@@ -8,7 +8,10 @@ is downloaded), with the project's benchmark timer (``tools/bench.py``: a warm-u
 the two take turns, median per step), prints images/s, their ratio, and the core-hours
 the smallest published cases with artifacts would take at the measured ViT-S/16 rate. The budgets are the
 papers' (images seen = epochs x 1.28 M ImageNet-1k images); only the rates are measured.
-The numbers quoted in RESULTS.md come from here.
+It also times drawing one batch of the mini's fresh scenes (``train.fresh_batch``) in the
+same turns, and prints what share of a CPU training step that is and how many scenes one
+core draws per second: a faster device needs about its images/s over that rate in
+``--workers``. The numbers quoted in RESULTS.md come from here.
 """
 
 import argparse
@@ -22,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from tools.bench import median_times  # noqa: E402
 from vitreg_lib.models import build_vit  # noqa: E402
-from vitreg_lib.train import PRESETS  # noqa: E402
+from vitreg_lib.train import PRESETS, fresh_batch  # noqa: E402
 
 IMAGENET = 1_281_167
 # smallest published models with high-norm / outlier tokens, and their training length
@@ -63,10 +66,14 @@ def main() -> None:
     vits_x = torch.rand(args.batch, 3, 224, 224)
     steps = [training_step(build_vit(cfg.arch(4)), mini_x, 4),
              training_step(timm.create_model("vit_small_patch16_224", pretrained=False), vits_x, 1000)]
-    mini_s, vits_s = median_times(steps, args.steps)  # the two take turns, after a warm-up
-    mini_rate, vits_rate = len(mini_x) / mini_s, len(vits_x) / vits_s
+    draws = iter(range(10**9))
+    steps.append(lambda: fresh_batch(cfg, next(draws)))  # a new batch of 64 scenes each time
+    mini_s, vits_s, draw_s = median_times(steps, args.steps)  # they take turns, after a warm-up
+    mini_rate, vits_rate, draw_rate = len(mini_x) / mini_s, len(vits_x) / vits_s, cfg.batch / draw_s
     print(f"lab_v3 mini ({cfg.depth} x {cfg.dim}, {(cfg.img_size // cfg.patch) ** 2} patches): "
           f"{mini_rate:.1f} images/s on one thread")
+    print(f"drawing its fresh scenes: {draw_rate:.0f} scenes/s on one thread, "
+          f"{draw_s / (draw_s + mini_s):.0%} of a training step that draws its own batch")
     print(f"ViT-S/16 (196 patches, 22 M parameters): {vits_rate:.2f} images/s on one thread, "
           f"{mini_rate / vits_rate:.0f}x slower per image")
     for name, images in BUDGETS.items():

@@ -94,6 +94,37 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
     assert "--until 4" in cfg["result"]["command"] and "--resume" in cfg["result"]["command"]
 
 
+def test_worker_processes_draw_the_same_fresh_batches(tmp_path):
+    """Scenes drawn ahead by worker processes train the same model as scenes drawn in the
+    loop, and a resumed run may change the number of workers."""
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "loop")])
+    main(["--preset", "tiny_v2", "--out", str(tmp_path / "workers"), "--workers", "2", "--until", "3"])
+    main(["--resume", "--out", str(tmp_path / "workers"), "--workers", "1"])
+    for name in ("model.safetensors", "heads.safetensors"):
+        a, b = (load_file(str(tmp_path / r / name)) for r in ("loop", "workers"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _log_without_timing(tmp_path / "loop") == _log_without_timing(tmp_path / "workers")
+    with pytest.raises(ValueError, match="fresh=True"):
+        main(["--preset", "tiny_test", "--out", str(tmp_path / "fixed"), "--workers", "2"])
+
+
+def test_fresh_batches_come_in_step_order_and_stop_when_closed():
+    import dataclasses
+
+    from vitreg_lib.train import fresh_batch, fresh_batches
+
+    cfg = dataclasses.replace(PRESETS["tiny_v2"], steps=9, workers=2)
+    batches = fresh_batches(cfg, start=3)
+    for step in (3, 4):
+        images, labels, fg = next(batches)
+        want = fresh_batch(cfg, step)
+        assert np.array_equal(images, want[0]) and np.array_equal(labels, want[1])
+        assert np.array_equal(fg, want[2])
+    batches.close()  # the pool is gone: nothing is left waiting
+    assert next(batches, None) is None
+    assert len(list(fresh_batches(dataclasses.replace(cfg, workers=0), start=3))) == 6
+
+
 def test_a_stopped_runs_checkpoint_loads_as_a_model(tmp_path):
     from vitreg_lib.features import extract
     from vitreg_lib.train import load_checkpoint

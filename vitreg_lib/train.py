@@ -93,7 +93,7 @@ OBJECTIVES = ("label", "dense_label", "dense_recon", "dense_both", "dense_object
 RECON_OBJECTIVES = ("dense_recon", "dense_both", "dense_objects", "masked")
 SCHEDULES = ("cosine", "constant")
 #: fields a resumed run may change (``steps`` only under a constant schedule)
-RESUMABLE_CHANGES = ("steps", "threads", "device", "checkpoint_every")
+RESUMABLE_CHANGES = ("steps", "threads", "device", "checkpoint_every", "workers")
 
 
 @dataclass
@@ -141,6 +141,7 @@ class TrainConfig:
     flip: bool = True  # random horizontal flips
     seed: int = 0
     threads: int = 1
+    workers: int = 0  # fresh=True: processes drawing the scenes ahead of the loop (0: in the loop)
     device: str = "cpu"
     log_points: int = 25
     probe_images: int = 128
@@ -188,6 +189,9 @@ class TrainConfig:
             raise ValueError(f"Unknown schedule {self.schedule!r}; choose one of {SCHEDULES}.")
         if self.img_size % self.patch:
             raise ValueError(f"img_size={self.img_size} is not a multiple of patch={self.patch}.")
+        if self.workers < 0 or (self.workers and not self.fresh):
+            raise ValueError(f"workers={self.workers}: workers draw fresh scenes ahead of the "
+                             "training loop, so they need fresh=True and a count >= 0.")
 
 
 #: the recipe behind the bundled mini models: the best-learning one of the mini-lab's
@@ -266,6 +270,42 @@ def _step_seed(seed: int, step: int) -> int:
     """The seed of step ``step``'s fresh scenes: independent of every other step's and
     of the validation (10,000 + seed) and task-accuracy (20,000) seeds' streams."""
     return int(np.random.SeedSequence([seed, step, 0x5CE7E5]).generate_state(1, np.uint64)[0])
+
+
+def fresh_batch(cfg: TrainConfig, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fresh scenes of training step ``step`` (``fresh=True``): uint8 images
+    ``[B, H, W, 3]``, labels ``[B]`` and which patches hold object pixels ``[B, rows, cols]``.
+    A function of the config and the step alone, so a worker process draws the same batch
+    as the training loop would."""
+    batch = make_scenes(cfg.batch, seed=_step_seed(cfg.seed, step), **cfg.scene())
+    return batch.images, batch.label(cfg.task), batch.patch_foreground(cfg.patch) > 0
+
+
+def fresh_batches(cfg: TrainConfig, start: int):
+    """Yield :func:`fresh_batch` for the steps ``start .. steps - 1`` in order. With
+    ``cfg.workers`` processes the scenes are drawn ahead of the loop, at most four batches
+    per worker in flight, so a fast device is not held up by one core drawing scenes
+    (about 2,400 32-px scenes/s per core, measured 2026-12-04); the batches are the same
+    either way. Closing the generator (or the run stopping) stops the workers."""
+    if not cfg.workers:
+        for step in range(start, cfg.steps):
+            yield fresh_batch(cfg, step)
+        return
+    from collections import deque
+    from multiprocessing import get_context
+
+    with get_context("spawn").Pool(cfg.workers) as pool:
+        todo, pending = iter(range(start, cfg.steps)), deque()
+        for step in todo:
+            pending.append(pool.apply_async(fresh_batch, (cfg, step)))
+            if len(pending) >= 4 * cfg.workers:
+                break
+        while pending:
+            batch = pending.popleft().get()
+            step = next(todo, None)
+            if step is not None:
+                pending.append(pool.apply_async(fresh_batch, (cfg, step)))
+            yield batch
 
 
 def _kurtosis(x: np.ndarray) -> float:
@@ -526,8 +566,11 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
     log_at = sorted({round(i * cfg.steps / (cfg.log_points - 1)) for i in range(cfg.log_points)})
     snap_at = {max(1, round(f * cfg.steps)) for f in cfg.snapshots}
     tick, tick_step = time.time(), start
+    batches = fresh_batches(cfg, start) if cfg.fresh else None
     for step in range(start, cfg.steps + 1):
         if (until is not None and step >= until or stop.requested) and step < cfg.steps:
+            if batches is not None:
+                batches.close()
             checkpoint(step)
             why = f"until={until}" if until is not None and step >= until else f"signal {stop.requested}"
             print(f"stopped at step {step} ({why}); resume with --resume", flush=True)
@@ -564,9 +607,8 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
         model.train()
         if cfg.fresh:
             sseed = _step_seed(cfg.seed, step)
-            batch = make_scenes(cfg.batch, seed=sseed, **scene)
-            xb, yb = to_tensor(batch.images), torch.from_numpy(batch.label(cfg.task))
-            fg = torch.from_numpy(batch.patch_foreground(cfg.patch) > 0)
+            images, labels, fg = next(batches)
+            xb, yb, fg = to_tensor(images), torch.from_numpy(labels), torch.from_numpy(fg)
             flip = torch.rand(cfg.batch, generator=torch.Generator().manual_seed(sseed % 2**63)) < 0.5
             mask_gen = torch.Generator().manual_seed((sseed + 1) % 2**63)
         else:
@@ -590,6 +632,8 @@ def train(cfg: TrainConfig, out: str | Path, command: str = "", resume: bool = F
         running.append(loss.item())
 
     stop.restore()
+    if batches is not None:
+        batches.close()
     wall = wall_before + time.time() - t0
     checkpoint(cfg.steps)
     model.cpu()
