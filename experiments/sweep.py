@@ -2,6 +2,7 @@
 
     python experiments/sweep.py run NAME [NAME ...] [--jobs 2]   # train, one process each
     python experiments/sweep.py report                            # rewrite experiments/RESULTS.md
+    python experiments/sweep.py gaps [--above 0.1]                # every gap share above 0.1 %
 
 Every experiment is a preset of vitreg_lib.train plus overrides, with the hypothesis it
 tests. Runs write experiments/runs/NAME/{config.json, log.json} (kept in git: the
@@ -667,6 +668,33 @@ def status(names: list[str]) -> None:
                   f"on bg {r.get('sink_on_background', float('nan')):.2f}")
 
 
+def gaps(above: float) -> None:
+    """How many points the v2 and v3 runs have logged, and every block and site (after the
+    attention or the MLP) whose histogram gap held more than ``above`` % of the patches,
+    largest first, with the share of those patches on background: the numbers behind the
+    results page's count of points and its largest gap shares."""
+    points, found = 0, []
+    for name in (n for n in EXPERIMENTS if n.startswith(("v2", "v3"))):
+        log_file = HERE / "runs" / name / "log.json"
+        if not log_file.is_file():
+            continue
+        log = json.loads(log_file.read_text())
+        points += len(log)
+        for e in log:
+            for r in e["layers"]:
+                for site, prefix in (("block", ""), ("attn", "attn_")):
+                    share = r.get(prefix + "gap_fraction", 0.0)
+                    if 100 * share > above:
+                        found.append((share, name, e["images"], r["layer"], site,
+                                      r.get(prefix + "gap_background")))
+    print(f"{points} logged points over the v2 and v3 runs; gaps holding more than {above} % "
+          f"of the patches: {len(found)}")
+    for share, name, images, layer, site, bg in sorted(found, key=lambda f: -f[0]):
+        on_bg = "—" if bg is None else f"{100 * bg:.0f} % on background"
+        print(f"  {100 * share:6.2f} %  {name} at {images / 1e6:.2f} M images, block {layer}, "
+              f"{site}: {on_bg}")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -676,10 +704,14 @@ if __name__ == "__main__":
     sub.add_parser("report")
     st = sub.add_parser("status")
     st.add_argument("names", nargs="*")
+    g = sub.add_parser("gaps")
+    g.add_argument("--above", type=float, default=0.1, help="in % of the patches")
     a = p.parse_args()
     if a.cmd == "run":
         run(a.names, a.jobs)
     elif a.cmd == "status":
         status(a.names)
+    elif a.cmd == "gaps":
+        gaps(a.above)
     else:
         report()

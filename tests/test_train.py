@@ -485,3 +485,28 @@ def test_sweep_reports_a_run_finished_from_its_log_alone(tmp_path):
     (tmp_path / "log.json").write_text(json.dumps([{"step": 1600}, {"step": 3200}]))
     assert mod._state(tmp_path, 3200) == "finished"  # no model.safetensors, no checkpoint
     assert mod._state(tmp_path, 6400) == "resumable"
+
+
+def test_sweep_gaps_lists_every_gap_above_the_bar_with_its_background_share(tmp_path, monkeypatch,
+                                                                             capsys):
+    import json
+
+    mod = _experiment("sweep")
+    monkeypatch.setattr(mod, "HERE", tmp_path)
+    monkeypatch.setattr(mod, "EXPERIMENTS", {"v3x_a": None, "v2y_b": None, "v3z_not_run": None})
+    row = dict(layer=0, gap_fraction=0.0, attn_gap_fraction=0.0, gap_background=None,
+               attn_gap_background=None)
+    wide = dict(row, layer=1, gap_fraction=0.05, gap_background=0.25)
+    logs = {"v3x_a": [dict(images=64, layers=[row, wide]), dict(images=128, layers=[row])],
+            "v2y_b": [dict(images=64, layers=[dict(row, attn_gap_fraction=0.0005,
+                                                   attn_gap_background=1.0)])]}
+    for name, log in logs.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "log.json").write_text(json.dumps(log))
+    mod.gaps(0.01)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("3 logged points") and out[0].endswith(": 2")
+    assert "5.00 %  v3x_a at 0.00 M images, block 1, block: 25 % on background" in out[1]
+    assert "v2y_b" in out[2] and "attn: 100 % on background" in out[2]
+    mod.gaps(1.0)
+    assert capsys.readouterr().out.splitlines()[1:] == [out[1]]
