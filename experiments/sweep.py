@@ -212,6 +212,15 @@ EXPERIMENTS = {
                       "registers at least 20 % of a head's attention at three consecutive logged "
                       "points by 0.2 M images (uniform: 1.5 %); the null is the 64-patch screens' "
                       "picture, block 0 at most"),
+    "v3d_masked_deep_r4": ("lab_v3", dict(registers=4, objective="masked", depth=12, steps=3200),
+                           "(demand, j) v3k_masked_deep_r0 with 4 registers: without registers its "
+                           "late blocks parked on background at fixed positions (at 0.2 M images "
+                           "the strongest sinks of blocks 8-9 sat on background in 73-74 % of the "
+                           "images; at 2 M blocks 7 and 10 on one patch). If that is a demand for "
+                           "a content-free place, the registers take it: some block from 6 on "
+                           "gives them at least 20 % of a head's attention at three consecutive "
+                           "logged points by 0.2 M images (v3d_deep_r4, without masking: blocks 9 "
+                           "and 11 at 25-56 %); the null is at most 10 % there"),
     "v3d_masked_r4": ("lab_v3", dict(registers=4, objective="masked", steps=3200),
                       "(demand, DINOv2's objective) the [CLS] count plus iBOT-style masking: in half "
                       "of the images 10-50 % of the patches are replaced by a mask token and "
