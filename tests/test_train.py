@@ -353,6 +353,39 @@ def test_sigterm_checkpoints_and_stops_so_the_run_resumes_bit_for_bit(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ctrl_c_with_workers_checkpoints_and_stops_without_hanging(tmp_path):
+    """Ctrl-C reaches the whole process group, the scene workers too: they must ignore it
+    (a worker it kills mid-batch would leave the loop waiting for that batch forever; one
+    killed while idle prints a KeyboardInterrupt traceback), and the run stops with a
+    checkpoint that resumes to an uninterrupted run's weights."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    args = ["--preset", "tiny_v2", "--steps", "600", "--log_points", "4", "--checkpoint_every", "1e9",
+            "--img_size", "64", "--patch", "16", "--border", "8"]
+    main(args + ["--out", str(tmp_path / "whole")])
+    proc = subprocess.Popen([sys.executable, "-m", "vitreg_lib.train", *args, "--workers", "1",
+                             "--out", str(tmp_path / "cut")], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log, deadline = tmp_path / "cut" / "log.json", time.time() + 120
+    # the second log point: by then the workers have drawn batches for 200 steps
+    while time.time() < deadline and not (log.is_file() and '"step": 200' in log.read_text()):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "stopped at step" in out, out[-2000:]
+    assert "KeyboardInterrupt" not in out, out[-2000:]
+    main(["--resume", "--out", str(tmp_path / "cut")])
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_masked_objective_scores_hidden_patches_only(tmp_path):
     from safetensors.torch import load_file as load
 

@@ -281,12 +281,23 @@ def fresh_batch(cfg: TrainConfig, step: int) -> tuple[np.ndarray, np.ndarray, np
     return batch.images, batch.label(cfg.task), batch.patch_foreground(cfg.patch) > 0
 
 
+def _ignore_ctrl_c() -> None:
+    """The scene workers' initializer. Ctrl-C reaches the whole process group, and a worker
+    it killed mid-batch would leave the training loop waiting for that batch forever; the
+    loop itself turns Ctrl-C into a checkpoint. A worker hit while it is still starting
+    (before this runs) dies holding no batch, and the pool starts another."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def fresh_batches(cfg: TrainConfig, start: int):
     """Yield :func:`fresh_batch` for the steps ``start .. steps - 1`` in order. With
     ``cfg.workers`` processes the scenes are drawn ahead of the loop, at most four batches
     per worker in flight, so a fast device is not held up by one core drawing scenes
-    (about 2,400 32-px scenes/s per core, measured 2026-12-04); the batches are the same
-    either way. Closing the generator (or the run stopping) stops the workers."""
+    (about 2,100 32-px scenes/s per core: ``experiments/compute.py``); the batches are the
+    same either way. The workers ignore Ctrl-C, which the training loop turns into a
+    checkpoint; closing the generator (or the run stopping) stops them."""
     if not cfg.workers:
         for step in range(start, cfg.steps):
             yield fresh_batch(cfg, step)
@@ -294,7 +305,7 @@ def fresh_batches(cfg: TrainConfig, start: int):
     from collections import deque
     from multiprocessing import get_context
 
-    with get_context("spawn").Pool(cfg.workers) as pool:
+    with get_context("spawn").Pool(cfg.workers, initializer=_ignore_ctrl_c) as pool:
         todo, pending = iter(range(start, cfg.steps)), deque()
         for step in todo:
             pending.append(pool.apply_async(fresh_batch, (cfg, step)))
