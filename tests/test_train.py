@@ -1,4 +1,5 @@
 import json
+import signal
 import sys
 
 import numpy as np
@@ -331,26 +332,44 @@ def test_lab_curves_gives_every_block_of_a_deep_model_its_own_colour():
     assert fig.legends and len(fig.legends[0].get_texts()) == 12  # the legend sits beside, not on, the curves
 
 
-def test_sigterm_checkpoints_and_stops_so_the_run_resumes_bit_for_bit(tmp_path):
-    import signal
+def _stop_by_signal(tmp_path, args, sig, ready, extra=(), group=False) -> tuple[int, str]:
+    """Train ``args`` uninterrupted into ``whole``, then again into ``cut`` in a subprocess
+    (with ``extra`` flags) that gets ``sig`` once ``ready(log text)`` holds (sent to its
+    process group when ``group``); return the stopped run's exit status and output."""
+    import os
     import subprocess
     import time
 
-    args = ["--preset", "tiny_v2", "--steps", "400", "--log_points", "3", "--checkpoint_every", "1e9"]
     main(args + ["--out", str(tmp_path / "whole")])
-    proc = subprocess.Popen([sys.executable, "-m", "vitreg_lib.train", *args, "--out", str(tmp_path / "cut")],
+    proc = subprocess.Popen([sys.executable, "-m", "vitreg_lib.train", *args, *extra,
+                             "--out", str(tmp_path / "cut")], start_new_session=group,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = tmp_path / "cut" / "log.json"
-    deadline = time.time() + 120
-    while not log.is_file() and time.time() < deadline:  # the first log point: training has begun
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "stopped at step" in out and "signal" in out, out[-2000:]
-    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    log, deadline = tmp_path / "cut" / "log.json", time.time() + 120
+    while time.time() < deadline and not (log.is_file() and ready(log.read_text())):
+        time.sleep(0.02)
+    send = (lambda s: os.killpg(proc.pid, s)) if group else proc.send_signal
+    send(sig)
+    try:
+        out, _ = proc.communicate(timeout=60 if group else 120)
+    finally:
+        if proc.poll() is None:
+            send(signal.SIGKILL)
+    return proc.returncode, out
+
+
+def _resumed_equals_whole(tmp_path) -> bool:
     main(["--resume", "--out", str(tmp_path / "cut")])
     a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("whole", "cut"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_checkpoints_and_stops_so_the_run_resumes_bit_for_bit(tmp_path):
+    args = ["--preset", "tiny_v2", "--steps", "400", "--log_points", "3", "--checkpoint_every", "1e9"]
+    # the first log point: training has begun
+    rc, out = _stop_by_signal(tmp_path, args, signal.SIGTERM, ready=lambda text: True)
+    assert rc == 0 and "stopped at step" in out and "signal" in out, out[-2000:]
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    assert _resumed_equals_whole(tmp_path)
 
 
 def test_ctrl_c_with_workers_checkpoints_and_stops_without_hanging(tmp_path):
@@ -358,32 +377,14 @@ def test_ctrl_c_with_workers_checkpoints_and_stops_without_hanging(tmp_path):
     (a worker it kills mid-batch would leave the loop waiting for that batch forever; one
     killed while idle prints a KeyboardInterrupt traceback), and the run stops with a
     checkpoint that resumes to an uninterrupted run's weights."""
-    import os
-    import signal
-    import subprocess
-    import time
-
     args = ["--preset", "tiny_v2", "--steps", "600", "--log_points", "4", "--checkpoint_every", "1e9",
             "--img_size", "64", "--patch", "16", "--border", "8"]
-    main(args + ["--out", str(tmp_path / "whole")])
-    proc = subprocess.Popen([sys.executable, "-m", "vitreg_lib.train", *args, "--workers", "1",
-                             "--out", str(tmp_path / "cut")], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log, deadline = tmp_path / "cut" / "log.json", time.time() + 120
-    # the second log point: by then the workers have drawn batches for 200 steps
-    while time.time() < deadline and not (log.is_file() and '"step": 200' in log.read_text()):
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0 and "stopped at step" in out, out[-2000:]
+    # the second log point: by then the worker has drawn batches for 200 steps
+    rc, out = _stop_by_signal(tmp_path, args, signal.SIGINT, ready=lambda text: '"step": 200' in text,
+                              extra=["--workers", "1"], group=True)
+    assert rc == 0 and "stopped at step" in out, out[-2000:]
     assert "KeyboardInterrupt" not in out, out[-2000:]
-    main(["--resume", "--out", str(tmp_path / "cut")])
-    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("whole", "cut"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _resumed_equals_whole(tmp_path)
 
 
 def test_masked_objective_scores_hidden_patches_only(tmp_path):
