@@ -130,6 +130,29 @@ print("OK")
     assert proc.stdout.strip() == "OK", proc.stderr[-3000:]
 
 
+def test_low_memory_loading_equals_timms_own_and_names_the_revision(tmp_path):
+    """The model is built on the meta device and takes over the tensors timm's loader read
+    (one copy of the weights in memory): the same weights, pos_embed resampling included,
+    as timm.create_model(pretrained=True); the hub snapshot's commit is recorded."""
+    fill_hub_cache(tmp_path, "vit_base_patch16_clip_224.laion2b")
+    code = """
+import timm, torch
+from vitreg_lib.models import load_model
+lm = load_model("openclip_b16")
+ref = timm.create_model("vit_base_patch16_clip_224.laion2b", pretrained=True, img_size=224,
+                        dynamic_img_size=True).eval()
+got, want = lm.model.state_dict(), ref.state_dict()
+assert got.keys() == want.keys()
+assert all(torch.equal(got[k], want[k]) for k in got)
+assert not any(p.is_meta for p in lm.model.parameters())
+x = torch.randn(1, 3, 224, 224)
+torch.testing.assert_close(lm.model(x), ref(x))
+print(lm.info["repo_id"], lm.info["revision"])
+"""
+    proc = run_python(code, HF_HUB_CACHE=str(tmp_path), HF_HUB_OFFLINE="1")
+    assert proc.stdout.strip() == "timm/vit_base_patch16_clip_224.laion2b " + "0" * 40, proc.stderr[-3000:]
+
+
 def _variant_reference(attn, x):
     """The variant attention written out by hand, unfused."""
     b, n, d = x.shape
