@@ -141,3 +141,59 @@ def test_residual_after_attention_and_received_attention(images):
         assert torch.allclose(f.attention_received(layer).sum(-1), torch.ones(5, 2))
     with pytest.raises(KeyError, match="not extracted"):
         f.after_attention(1)
+
+
+def test_feature_cache_is_off_by_default_and_exact_when_on(tmp_path, monkeypatch, tiny_model, images):
+    """A build shares extractions between chapters through VITREG_FEATURE_CACHE: a hit gives
+    back the same tensors; other images, layers, flags or edited weights are other entries."""
+    from vitreg_lib import feature_cache
+
+    monkeypatch.delenv(feature_cache.ENV, raising=False)
+    extract(tiny_model, images, layers="all")
+    assert feature_cache.folder() is None
+    monkeypatch.setenv(feature_cache.ENV, str(tmp_path))
+    monkeypatch.setattr(feature_cache, "STATS", {"hits": 0, "misses": 0, "saved_s": 0.0})
+    kw = dict(layers="all", final=True, attention=True, mlp=[1], embeddings=True, keys=True)
+    first = extract(tiny_model, images, **kw)
+    again = extract(tiny_model, images, **kw)
+    assert feature_cache.STATS["hits"] == 1 and feature_cache.STATS["misses"] == 1
+    for store in ("tokens", "attention", "mlp", "keys"):
+        a, b = getattr(first, store), getattr(again, store)
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a), store
+    assert torch.equal(first.embeddings, again.embeddings)
+    assert (first.layout, first.depth, first.model_name) == (again.layout, again.depth, again.model_name)
+    extract(tiny_model, images[:4], **kw)  # other images
+    extract(tiny_model, images, **dict(kw, attention=False))  # another flag
+    with torch.no_grad():
+        tiny_model.model.blocks[0].mlp.fc1.weight[0, 0] += 1.0  # an edit in place (a planted neuron)
+    edited = extract(tiny_model, images, **kw)
+    assert feature_cache.STATS["hits"] == 1 and feature_cache.STATS["misses"] == 4
+    assert not torch.equal(edited.layer(-1), first.layer(-1))
+    handle = tiny_model.model.blocks[0].register_forward_hook(lambda m, i, o: o * 2)
+    try:  # a hooked model computes more than its weights say: never cached
+        hooked = extract(tiny_model, images, **kw)
+    finally:
+        handle.remove()
+    assert feature_cache.STATS["misses"] == 4 and not torch.equal(hooked.layer(-1), edited.layer(-1))
+    assert len(list(tmp_path.glob("*.safetensors"))) == 4
+
+
+def test_extract_models_loads_one_model_at_a_time(monkeypatch):
+    from vitreg_lib import features
+    from vitreg_lib.models import load_model
+
+    alive, peak = [], []
+
+    def counting_load(name, device="cpu"):
+        import weakref
+
+        lm = load_model(name, device=device)
+        alive.append(weakref.ref(lm))
+        peak.append(sum(r() is not None for r in alive))
+        return lm
+
+    monkeypatch.setattr(features, "load_model", counting_load)
+    imgs = torch.randn(2, 3, 32, 32)
+    out = features.extract_models(["mini_reg0", "mini_reg4", "mini_reg1"], imgs, layers=[-1])
+    assert list(out) == ["mini_reg0", "mini_reg4", "mini_reg1"] and peak == [1, 1, 1]
+    assert out["mini_reg4"].layout.num_registers == 4

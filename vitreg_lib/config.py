@@ -1,8 +1,22 @@
 """Run settings for the notebooks: one function, so no cell branches on ``smoke``.
 
-``settings(tier, smoke, device, dataset)`` resolves ``tier="auto"`` to ``"pretrained"``
-inside Colab and ``"mini"`` elsewhere (the offline default of ``make book`` and CI), and
-``device="auto"`` to CUDA when present.
+``settings(tier, smoke, device, dataset, profile)`` resolves ``tier="auto"`` to
+``"pretrained"`` inside Colab and ``"mini"`` elsewhere (the offline default of ``make book``
+and CI), and ``device="auto"`` to CUDA when present.
+
+The pretrained tier has two **profiles** (``profile="auto"``: ``"full"`` on a GPU,
+``"publish"`` on a CPU):
+
+* ``"full"`` — the paper's sample sizes where a GPU makes them affordable;
+* ``"publish"`` — what the published book is built with on every push: sized so that every
+  chapter executes on a GitHub-hosted CPU runner (4 vCPU, 16 GB) in under an hour in all,
+  one large model in memory at a time (peak RAM under 8 GB). The budget goes where the
+  paper measured the effect: DINOv2-g (the paper's F1 model and rule) and DINOv2-L with
+  and without registers carry the outlier chapters, DeiT-III-B and OpenCLIP-B/16 (both
+  show outliers in the paper, ~5x cheaper than L) join chapters 1 and 7.
+  ``tools/bench.py --publish`` measures it.
+
+The offline (mini) tier has one size; ``profile`` is recorded as ``"full"`` there.
 
 ``dataset="auto"`` keeps each tier's data: scenes offline; CIFAR-10 (probes) and VOC07
 (object discovery) in the pretrained tier, downloaded by torchvision. Otherwise it
@@ -24,8 +38,10 @@ from .data import BOXED_DATASETS, BOXES_FILE, LABELLED_DATASETS
 from .models import REGISTRY
 
 TIERS = ("mini", "pretrained")
+PROFILES = ("full", "publish")
 #: the mini models without registers, smallest first, that chapter 2 compares by size
-MINI_SIZES = ("mini_s_reg0", "mini_reg0", "mini_l_reg0")
+#: (the minis come in one size: chapter 2's size axis is the pretrained tier's)
+MINI_SIZES = ("mini_reg0",)
 #: the mini register family of chapter 5: one recipe, 0 to 8 registers
 MINI_FAMILY = ("mini_reg0", "mini_reg1", "mini_reg2", "mini_reg4", "mini_reg8")
 #: the architecture whose FLOPs chapter 5 counts for 0..16 registers (the paper's F8 model)
@@ -61,6 +77,8 @@ class DiscoverySettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything a chapter sizes itself by (see :func:`settings`)."""
+
     tier: str
     smoke: bool
     device: str
@@ -80,10 +98,23 @@ class Settings:
     discovery: DiscoverySettings | None = None  # chapter 7
     photos: str | None = None  # a folder whose images replace the sample photos
     probe_tokens: int = 8000  # tokens the position / pixel probes are fitted on (at most)
+    profile: str = "full"  # pretrained tier: "full" (GPU) or "publish" (the CPU-built book)
+    outlier_models: tuple[str, ...] = ()  # chapter 1's models; empty: the pairs'
 
     @property
     def models(self) -> list[str]:
-        return [m for pair in self.pairs for m in pair]
+        """Chapter 1's models: ``outlier_models``, or every model of ``pairs``."""
+        return list(self.outlier_models) or [m for pair in self.pairs for m in pair]
+
+    def all_models(self) -> list[str]:
+        """Every registry model some chapter loads with these settings (weights to fetch)."""
+        names = [*self.models, *self.sizes, *self.probe_models, *self.family]
+        if self.search is not None:
+            names += [self.search.model, self.search.trained]
+        if self.discovery is not None:
+            names += [*self.discovery.models, self.discovery.test_time]
+        keep = ("pretrained", "mini") if self.tier == "mini" else ("pretrained",)
+        return list(dict.fromkeys(n for n in names if REGISTRY[n].tier in keep))
 
 
 def in_colab() -> bool:
@@ -91,7 +122,15 @@ def in_colab() -> bool:
 
 
 def settings(tier: str = "auto", smoke: bool = False, device: str = "auto",
-             dataset: str = "auto") -> Settings:
+             dataset: str = "auto", profile: str = "auto") -> Settings:
+    """The sizes and models of every chapter for one tier.
+
+    ``tier``: ``"mini"`` (offline), ``"pretrained"`` or ``"auto"`` (pretrained in Colab).
+    ``smoke``: a tiny run that only proves the code path (CI). ``device``: ``"cpu"``,
+    ``"cuda"`` or ``"auto"``. ``dataset``: ``"auto"`` (the tier's data), a dataset name or
+    a folder of the reader's images. ``profile`` (pretrained tier): ``"full"``,
+    ``"publish"`` or ``"auto"`` (full on a GPU, publish on a CPU); see the module docstring.
+    """
     if tier == "auto":
         tier = "pretrained" if in_colab() else "mini"
     if tier not in TIERS:
@@ -101,64 +140,94 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto",
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was asked for but no GPU is visible; use device='cpu' "
                            "(or in Colab: Runtime > Change runtime type > GPU).")
+    if profile == "auto":
+        profile = "full" if device.startswith("cuda") else "publish"
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be 'auto' or one of {PROFILES}, got {profile!r}.")
     if tier == "mini":
-        pairs = (("mini_reg0", "mini_reg4"),)
-        n_photos, n_scenes, batch = (2, 16, 16) if smoke else (4, 256, 64)
-        sizes = tuple(n for n in MINI_SIZES if n in REGISTRY)
-        probe_dataset, n_probe = "scenes", (80 if smoke else 512)
-        probe_models = ("mini_reg0", "mini_reg4")
-        family = tuple(n for n in MINI_FAMILY if n in REGISTRY)
-        search = TestTimeSearch("mini_reg0", "mini_reg4", max_layer=3, top_k=5,
-                                n_images=32 if smoke else 256,
-                                source="course's choice: first 4 of 6 blocks (no outliers to place it by)")
-        discovery = DiscoverySettings(
-            "scenes", 32 if smoke else 256, k=9,
-            k_source="course's choice: 14 % of the 64 patches, the share LOST's k = 100 is of a "
-                     "full-size VOC07 image at ViT-S/16 (about 700 patches)",
-            models=family, pair=("mini_reg0", "mini_reg4"), test_time="mini_reg0")
-    else:
-        pairs = (("dinov2_s", "dinov2_s_reg"),) if smoke else (
-            ("dinov2_s", "dinov2_s_reg"), ("dinov2_b", "dinov2_b_reg"), ("dinov2_l", "dinov2_l_reg"))
-        n_photos, n_scenes, batch = (2, 0, 4) if smoke else (4, 0, 8)
-        sizes = ("dinov2_s",) if smoke else ("dinov2_s", "dinov2_b", "dinov2_l", "dinov2_g")
-        probe_dataset, n_probe = "CIFAR10", (48 if smoke else 600)
-        probe_models = ("dinov2_s", "dinov2_s_reg") if smoke else ("dinov2_l", "dinov2_l_reg")
-        family = probe_models  # public checkpoints exist with 0 and 4 registers only
-        search = (TestTimeSearch("dinov2_s", "dinov2_s_reg", max_layer=7, top_k=10, n_images=16,
-                                 source="course's choice for the smoke run (ViT-S, not in the paper)")
-                  if smoke else
-                  TestTimeSearch("dinov2_l", "dinov2_l_reg", max_layer=17, top_k=45, n_images=300,
-                                 source="Jiang et al. for DINOv2-L/14: layers <= 17, k ~ 45"))
-        discovery = DiscoverySettings(
-            "VOC07", 8 if smoke else 5011, k=100,
-            k_source="LOST's default (for full-size images; here 224-px crops, 256 patches)",
-            models=("dinov2_s", "dinov2_s_reg") if smoke else
-            ("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
-            pair=("dinov2_s", "dinov2_s_reg") if smoke else ("dinov2_l", "dinov2_l_reg"),
-            test_time=search.model)
-    photos = None
-    if dataset != "auto":
-        from dataclasses import replace
-        from pathlib import Path
+        return _with_dataset(_mini(smoke, device), dataset)
+    return _with_dataset(_pretrained(smoke, device, profile), dataset)
 
-        folder = Path(dataset).expanduser()
-        if folder.is_dir():
-            probe_dataset, photos = str(folder), str(folder)
-            if (folder / BOXES_FILE).is_file():
-                discovery = replace(discovery, dataset=str(folder))
-        elif dataset in LABELLED_DATASETS or dataset in BOXED_DATASETS:
-            if dataset in LABELLED_DATASETS:
-                probe_dataset = dataset
-            if dataset in BOXED_DATASETS:
-                discovery = replace(discovery, dataset=dataset)
-        else:
-            raise ValueError(f"dataset={dataset!r} is neither a dataset the course knows "
-                             f"({', '.join(dict.fromkeys(LABELLED_DATASETS + BOXED_DATASETS))}) nor a "
-                             "folder. Use 'auto', one of those, or the path of a folder of your images "
-                             f"(one sub-folder per class; a {BOXES_FILE} for object discovery).")
-    return Settings(tier, smoke, device, pairs, n_photos, n_scenes, batch,
-                    hist_layers=4 if smoke else 6, sizes=sizes,
-                    retrain=device.startswith("cuda") and not smoke,
-                    probe_dataset=probe_dataset, n_probe=n_probe, probe_models=probe_models,
-                    family=family, search=search, discovery=discovery, photos=photos,
-                    probe_tokens=1000 if smoke else 8000)
+
+def _mini(smoke: bool, device: str) -> Settings:
+    family = tuple(n for n in MINI_FAMILY if n in REGISTRY)
+    search = TestTimeSearch("mini_reg0", "mini_reg4", max_layer=3, top_k=5,
+                            n_images=32 if smoke else 256,
+                            source="course's choice: first 4 of 6 blocks (no outliers to place it by)")
+    discovery = DiscoverySettings(
+        "scenes", 32 if smoke else 256, k=9,
+        k_source="course's choice: 14 % of the 64 patches, the share LOST's k = 100 is of a "
+                 "full-size VOC07 image at ViT-S/16 (about 700 patches)",
+        models=family, pair=("mini_reg0", "mini_reg4"), test_time="mini_reg0")
+    n_photos, n_scenes, batch = (2, 16, 16) if smoke else (4, 256, 64)
+    return Settings("mini", smoke, device, (("mini_reg0", "mini_reg4"),), n_photos, n_scenes, batch,
+                    hist_layers=4 if smoke else 6, sizes=tuple(n for n in MINI_SIZES if n in REGISTRY),
+                    retrain=device.startswith("cuda") and not smoke, probe_dataset="scenes",
+                    n_probe=80 if smoke else 512, probe_models=("mini_reg0", "mini_reg4"), family=family,
+                    search=search, discovery=discovery, probe_tokens=1000 if smoke else 8000)
+
+
+#: the pretrained tier's sizes per profile (smoke: the code path only, DINOv2-S)
+_PRETRAINED = {
+    "smoke": dict(pairs=(("dinov2_s", "dinov2_s_reg"),), outlier_models=(), n_photos=2, batch=4,
+                  sizes=("dinov2_s",), n_probe=48, probe_models=("dinov2_s", "dinov2_s_reg"),
+                  search=TestTimeSearch("dinov2_s", "dinov2_s_reg", max_layer=7, top_k=10, n_images=16,
+                                        source="course's choice for the smoke run (ViT-S, not in the paper)"),
+                  n_voc=8, lost_models=("dinov2_s", "dinov2_s_reg"), probe_tokens=1000),
+    "publish": dict(pairs=(("dinov2_l", "dinov2_l_reg"),),
+                    outlier_models=("dinov2_g", "dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
+                    n_photos=4, batch=8, sizes=("dinov2_s", "dinov2_b", "dinov2_l", "dinov2_g"),
+                    n_probe=200, probe_models=("dinov2_l", "dinov2_l_reg"),
+                    search=TestTimeSearch("dinov2_l", "dinov2_l_reg", max_layer=17, top_k=45, n_images=100,
+                                          source="Jiang et al. for DINOv2-L/14: layers <= 17, k ~ 45, "
+                                                 "~100 images"),
+                    n_voc=150, lost_models=("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
+                    probe_tokens=8000),
+    "full": dict(pairs=(("dinov2_s", "dinov2_s_reg"), ("dinov2_b", "dinov2_b_reg"),
+                        ("dinov2_l", "dinov2_l_reg")),
+                 outlier_models=("dinov2_g", "dinov2_g_reg", "dinov2_l", "dinov2_l_reg", "deit3_b",
+                                 "openclip_b16", "dino_b16", "mae_b16"),
+                 n_photos=4, batch=8, sizes=("dinov2_s", "dinov2_b", "dinov2_l", "dinov2_g"),
+                 n_probe=600, probe_models=("dinov2_l", "dinov2_l_reg"),
+                 search=TestTimeSearch("dinov2_l", "dinov2_l_reg", max_layer=17, top_k=45, n_images=300,
+                                       source="Jiang et al. for DINOv2-L/14: layers <= 17, k ~ 45"),
+                 n_voc=5011, lost_models=("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
+                 probe_tokens=8000),
+}
+
+
+def _pretrained(smoke: bool, device: str, profile: str) -> Settings:
+    p = _PRETRAINED["smoke" if smoke else profile]
+    search = p["search"]
+    discovery = DiscoverySettings(
+        "VOC07", p["n_voc"], k=100,
+        k_source="LOST's default (for full-size images; here 224-px crops, 256 patches)",
+        models=p["lost_models"], pair=p["probe_models"], test_time=search.model)
+    return Settings("pretrained", smoke, device, p["pairs"], p["n_photos"], 0, p["batch"],
+                    hist_layers=4 if smoke else 6, sizes=p["sizes"], retrain=False,
+                    probe_dataset="CIFAR10", n_probe=p["n_probe"], probe_models=p["probe_models"],
+                    family=p["probe_models"],  # public checkpoints exist with 0 and 4 registers only
+                    search=search, discovery=discovery, probe_tokens=p["probe_tokens"],
+                    profile=profile, outlier_models=p["outlier_models"])
+
+
+def _with_dataset(s: Settings, dataset: str) -> Settings:
+    """``s`` with the reader's ``dataset`` in place of the tier's data."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    if dataset == "auto":
+        return s
+    folder = Path(dataset).expanduser()
+    if folder.is_dir():
+        discovery = (replace(s.discovery, dataset=str(folder)) if (folder / BOXES_FILE).is_file()
+                     else s.discovery)
+        return replace(s, probe_dataset=str(folder), photos=str(folder), discovery=discovery)
+    if dataset in LABELLED_DATASETS or dataset in BOXED_DATASETS:
+        return replace(s, probe_dataset=dataset if dataset in LABELLED_DATASETS else s.probe_dataset,
+                       discovery=replace(s.discovery, dataset=dataset) if dataset in BOXED_DATASETS
+                       else s.discovery)
+    raise ValueError(f"dataset={dataset!r} is neither a dataset the course knows "
+                     f"({', '.join(dict.fromkeys(LABELLED_DATASETS + BOXED_DATASETS))}) nor a "
+                     "folder. Use 'auto', one of those, or the path of a folder of your images "
+                     f"(one sub-folder per class; a {BOXES_FILE} for object discovery).")

@@ -27,13 +27,16 @@ unless the final output is requested.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
 
-from .models import LoadedModel, TokenLayout
+from . import feature_cache
+from .models import LoadedModel, TokenLayout, load_model
 
 Layer = int | str  # a block index, or "final"
 
@@ -215,6 +218,63 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     Tokens appended after the patches (test-time registers, see
     :mod:`vitreg_lib.registers`) are reported by the layout as ``extra``.
     """
+    options = dict(final=final, attention=attention, mlp=mlp, embeddings=embeddings, mid=mid,
+                   received=received, keys=keys)
+    where = feature_cache.folder()
+    if where is None or lm.extra_tokens or not feature_cache.cacheable(lm.model):
+        return _extract(lm, images, layers, batch_size=batch_size, progress=progress, **options)
+    if not isinstance(images, torch.Tensor):
+        images = lm.preprocess(list(images))
+    depth = len(lm.model.blocks)
+    described = dict(options, layers=_normalise_layers(layers, depth),
+                     mlp=mlp if isinstance(mlp, bool) else _normalise_layers(mlp, depth))
+    digest = feature_cache.key(lm.name, lm.info.get("revision"), lm.model, images, described)
+    path = where / f"{lm.name}-{digest}.safetensors"
+    hit = feature_cache.load(path)
+    if hit is not None:
+        feature_cache.STATS["hits"] += 1
+        feature_cache.STATS["saved_s"] += hit[1]["seconds"]
+        return _from_tensors(*hit)
+    t0 = time.perf_counter()
+    f = _extract(lm, images, layers, batch_size=batch_size, progress=progress, **options)
+    feature_cache.STATS["misses"] += 1
+    tensors, header = _to_tensors(f)
+    feature_cache.save(path, tensors, dict(header, seconds=round(time.perf_counter() - t0, 2)))
+    return f
+
+
+_STORES = ("tokens", "attention", "mlp", "mid", "keys", "received")
+
+
+def _to_tensors(f: Features) -> tuple[dict[str, torch.Tensor], dict]:
+    """A :class:`Features` as flat named tensors and a JSON-able header (for the cache)."""
+    tensors = {f"{store}/{k}": v for store in _STORES for k, v in getattr(f, store).items()}
+    if f.embeddings is not None:
+        tensors["embeddings"] = f.embeddings
+    layout = dataclasses.asdict(f.layout)
+    return tensors, dict(model_name=f.model_name, depth=f.depth, layout=layout)
+
+
+def _from_tensors(tensors: dict[str, torch.Tensor], header: dict) -> Features:
+    """The inverse of :func:`_to_tensors`."""
+    stores: dict[str, dict] = {store: {} for store in _STORES}
+    for name, t in tensors.items():
+        if name == "embeddings":
+            continue
+        store, k = name.split("/")
+        stores[store][k if k == "final" else int(k)] = t
+    stores = {s: dict(sorted(d.items(), key=lambda kv: (isinstance(kv[0], str), kv[0])))
+              for s, d in stores.items()}
+    layout = dict(header["layout"], grid=tuple(header["layout"]["grid"]))
+    return Features(model_name=header["model_name"], layout=TokenLayout(**layout), depth=header["depth"],
+                    embeddings=tensors.get("embeddings"), **stores)
+
+
+def _extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
+             layers: int | str | Iterable[int] | None, *, final: bool, attention: bool,
+             mlp: bool | Iterable[int], embeddings: bool, mid: bool, received: bool, keys: bool,
+             batch_size: int, progress: bool | None) -> Features:
+    """:func:`extract` without the cache."""
     model = lm.model
     depth = len(model.blocks)
     take = _normalise_layers(layers, depth)
@@ -322,3 +382,20 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
 def _join(chunks: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate per-batch results (no copy when there was one batch)."""
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+def extract_models(names: Iterable[str], images: torch.Tensor | Sequence[Image.Image] | None = None,
+                   device: str = "cpu", **kwargs) -> dict[str, Features]:
+    """:func:`extract` for each registry model in ``names`` over the same PIL ``images``,
+    loading one model at a time and freeing it before the next: a chapter that compares
+    DINOv2-g with others never holds two large models (fp32 ViT-g alone is ~4.5 GB).
+    ``kwargs`` go to :func:`extract`."""
+    import gc
+
+    out = {}
+    for name in names:
+        lm = load_model(name, device=device)
+        out[name] = extract(lm, images, **kwargs)
+        del lm
+        gc.collect()
+    return out
