@@ -6,8 +6,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # The book's model tier: mini (offline, the default) or pretrained (make book TIER=pretrained).
 TIER   ?= mini
+# The pretrained tier's sizes: full (the paper's, for a GPU) or publish (the CPU-built book).
+PROFILE ?= full
 
-.PHONY: venv book test lint bench clean
+.PHONY: venv book test lint bench bench-publish clean
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 book: $(STAMP)
-	$(PY) tools/build_book.py --mode full --tier $(TIER)
+	$(PY) tools/build_book.py --mode full --tier $(TIER) --profile $(PROFILE)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -30,6 +32,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tools/bench.py
+
+bench-publish: $(STAMP)
+	$(PY) tools/bench_publish.py
 
 clean:
 	rm -rf _build

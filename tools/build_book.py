@@ -95,23 +95,87 @@ def chapter_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def execute(nb: str, out: Path, mode: str, tier: str, kernel: str) -> dict:
+def execute(nb: str, out: Path, mode: str, tier: str, kernel: str, profile: str = "full") -> dict:
     import papermill as pm
 
     target = out / "executed" / nb
     target.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     status = "ok"
-    try:
-        pm.execute_notebook(str(ROOT / nb), str(target), parameters=dict(smoke=mode == "smoke", tier=tier),
-                            kernel_name=kernel, cwd=str(ROOT), progress_bar=False,
-                            execution_timeout=CELL_TIMEOUT_S)
-    except pm.PapermillExecutionError as err:
-        status = f"failed in cell {err.exec_count}: {err.ename}: {err.evalue}"
-    except TimeoutError as err:  # nbclient's CellTimeoutError derives from it
-        status = f"a cell ran past {CELL_TIMEOUT_S} s: {err}"
+    hits_before = cache_savings(out, tier)
+    with PeakMemory() as peak:
+        try:
+            pm.execute_notebook(str(ROOT / nb), str(target),
+                                parameters=dict(smoke=mode == "smoke", tier=tier, profile=profile),
+                                kernel_name=kernel, cwd=str(ROOT), progress_bar=False,
+                                execution_timeout=CELL_TIMEOUT_S)
+        except pm.PapermillExecutionError as err:
+            status = f"failed in cell {err.exec_count}: {err.ename}: {err.evalue}"
+        except TimeoutError as err:  # nbclient's CellTimeoutError derives from it
+            status = f"a cell ran past {CELL_TIMEOUT_S} s: {err}"
     return dict(notebook=nb, status=status, seconds=round(time.time() - t0, 1), mode=mode, tier=tier,
+                profile=profile, peak_gb=peak.gb,
+                cache_saved_s=round(cache_savings(out, tier) - hits_before, 1),
                 models=recorded_models(results_dir(out, tier) / f"{Path(nb).stem}.json"))
+
+
+class PeakMemory:
+    """The largest peak resident memory (Linux ``VmHWM``) of this process's child
+    processes (the notebook's kernel) while the block runs, in GB; ``None`` where
+    ``/proc`` is absent. ``VmHWM`` is the kernel's own high-water mark, so a short spike
+    between two reads is not missed: only the last ``interval`` s before the kernel exits
+    go unread."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.kb, self._stop = interval, None, None
+
+    @property
+    def gb(self) -> float | None:
+        return None if self.kb is None else round(self.kb / 1024 ** 2, 2)
+
+    def _read(self) -> None:
+        me = os.getpid()
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                text = status.read_text()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            if fields.get("PPid", "").strip() == str(me) and "VmHWM" in fields:
+                kb = int(fields["VmHWM"].split()[0])
+                self.kb = max(self.kb or 0, kb)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._read()
+
+    def __enter__(self) -> "PeakMemory":
+        import threading
+
+        if Path("/proc/self/status").is_file():
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join()
+
+
+def feature_cache_dir(out: Path, tier: str) -> Path:
+    """The feature cache a build of ``tier`` shares across its chapters."""
+    return Path(out) / "feature_cache" / tier
+
+
+def cache_savings(out: Path, tier: str) -> float:
+    """Seconds of extraction the feature cache has saved so far in this build."""
+    from vitreg_lib.feature_cache import HITS_FILE
+
+    log = feature_cache_dir(out, tier) / HITS_FILE
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return sum(json.loads(line)["saved_s"] for line in lines)
 
 
 def recorded_models(path: Path) -> list[str]:
@@ -123,11 +187,85 @@ def recorded_models(path: Path) -> list[str]:
 def status_table(runs: list[dict]) -> str:
     tiers = sorted({r["tier"] for r in runs})
     modes = sorted({r["mode"] for r in runs})
-    lines = [f"This build: **{', '.join(tiers)}** tier, **{', '.join(modes)}** mode.", "",
-             "| chapter | status | mode | tier | seconds | models |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['notebook']} | {r['status']} | {r['mode']} | {r['tier']} | {r['seconds']} | "
-              f"{', '.join(r['models']) or '(none recorded)'} |" for r in runs]
+    profiles = sorted({r.get("profile", "full") for r in runs})
+    lines = [f"This build: **{', '.join(tiers)}** tier, **{', '.join(modes)}** mode, "
+             f"**{', '.join(profiles)}** profile.", "",
+             "| chapter | status | mode | tier | minutes | peak RAM (GB) | cache saved (min) | models |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        peak = "n/a" if r.get("peak_gb") is None else f"{r['peak_gb']:.2f}"
+        lines.append(f"| {r['notebook']} | {r['status']} | {r['mode']} | {r['tier']} | "
+                     f"{r['seconds'] / 60:.1f} | {peak} | {r.get('cache_saved_s', 0) / 60:.1f} | "
+                     f"{', '.join(r['models']) or '(none recorded)'} |")
+    total = sum(r["seconds"] for r in runs) / 60
+    lines += ["", f"All chapters: {total:.1f} min; the largest peak RAM of one chapter's kernel: "
+                  f"{max((r.get('peak_gb') or 0) for r in runs):.2f} GB."]
     return "\n".join(lines)
+
+
+def build_info(tier: str, mode: str, profile: str) -> dict:
+    """What built this book: date, commit, machine, and every model with the hub revision
+    found in the cache (the one downloaded), and the data of each chapter."""
+    import platform
+
+    from vitreg_lib.config import settings
+    from vitreg_lib.models import get_spec, hub_revision
+
+    s = settings(tier, smoke=mode == "smoke", device="cpu", profile=profile)
+    commit = os.environ.get("GITHUB_SHA") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem = next((int(line.split()[1]) / 1024 ** 2 for line in _read("/proc/meminfo").splitlines()
+                if line.startswith("MemTotal")), None)
+    models = [dict(name=n, repo=f"timm/{get_spec(n).source}" if get_spec(n).tier == "pretrained" else
+                   f"bundled ({get_spec(n).source})",
+                   revision=hub_revision(get_spec(n)) if get_spec(n).tier == "pretrained" else None)
+              for n in s.all_models()]
+    data = [("photos (chapters 1, 2, 5, 6)", f"{s.n_photos} skimage photos" + (
+                f" + {s.n_scenes} scenes" if s.n_scenes else "")),
+            ("probes (chapters 3-6)", f"{s.probe_dataset}, {s.n_probe} images"),
+            ("test-time register search (chapter 6)", f"{s.probe_dataset}, {s.search.n_images} images"),
+            ("object discovery (chapter 7)", f"{s.discovery.dataset}, {s.discovery.n_images} images")]
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return dict(tier=tier, mode=mode, profile=profile, date=date,
+                commit=commit or "unknown", cpu=cpu, cores=os.cpu_count(),
+                ram_gb=None if mem is None else round(mem, 1), models=models, data=data)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def info_section(info: dict) -> str:
+    """The status page's account of what built the book."""
+    ram = "unknown" if info["ram_gb"] is None else f"{info['ram_gb']} GB"
+    lines = [f"Built on {info['date']} from commit `{info['commit'][:12]}`, on {info['cpu']} "
+             f"({info['cores']} cores, {ram} RAM), no GPU. Tier **{info['tier']}**, profile "
+             f"**{info['profile']}**, **{info['mode']}** mode.", "",
+             "| model | weights | revision |", "|---|---|---|"]
+    lines += [f"| {m['name']} | {m['repo']} | {('`' + m['revision'][:12] + '`') if m['revision'] else '-'} |"
+              for m in info["models"]]
+    lines += ["", "| data | what |", "|---|---|"] + [f"| {k} | {v} |" for k, v in info["data"]]
+    return "\n".join(lines)
+
+
+def cache_keys(tier: str, profile: str) -> dict[str, str]:
+    """Keys for the workflow's caches that change only when the profile's model list
+    (hub weights) or its data settings (datasets) change."""
+    import hashlib
+
+    from vitreg_lib.config import settings
+    from vitreg_lib.models import get_spec
+
+    s = settings(tier, device="cpu", profile=profile)
+    models = sorted(get_spec(n).source for n in s.all_models())
+    data = [s.probe_dataset, s.discovery.dataset]
+    digest = lambda x: hashlib.sha256(json.dumps(x).encode()).hexdigest()[:16]  # noqa: E731
+    return dict(models=digest(models), data=digest(data))
 
 
 TIER_NOTES = {
@@ -147,13 +285,37 @@ TIER_NOTES = {
 }
 
 
-def tier_note(tiers: list[str]) -> str:
+def tier_note(tiers: list[str], profile: str = "full") -> str:
     """The intro's note on where this build's figures come from."""
     body = " ".join(TIER_NOTES[t] for t in tiers)
+    if "pretrained" in tiers:
+        body += f" This build used the **{profile}** profile (the chapters state their sample sizes)."
     return f"```{{important}}\n{body}\n```"
 
 
-def stage(out: Path, runs: list[dict]) -> Path:
+HEADLINE_FILE = "headline.png"  # at the root of the published site
+
+
+def headline(out: Path) -> tuple[Path, str] | None:
+    """The headline figure a pretrained build recorded (chapter 1), with its caption."""
+    folder = results_dir(out, "pretrained")
+    png, meta = folder / "_headline.png", folder / "_headline.json"
+    if not (png.is_file() and meta.is_file() and (folder / scorecard.STATUS_FILE).is_file()):
+        return None
+    return png, json.loads(meta.read_text())["caption"]
+
+
+def headline_section(out: Path) -> str:
+    found = headline(out)
+    if found is None:
+        return ("```{note}\nNo pretrained build has published its headline figure yet: this book "
+                "was built without the paper's models, so the figure of the phenomenon (DINOv2-L "
+                "without and with registers, same photo) is not here. The Pages workflow builds it "
+                "on every push to main.\n```")
+    return f"```{{figure}} ../{HEADLINE_FILE}\n:width: 100%\n\n{found[1]}\n```"
+
+
+def stage(out: Path, runs: list[dict], info: dict | None = None) -> Path:
     st = out / "stage"
     if st.exists():
         shutil.rmtree(st)
@@ -161,6 +323,11 @@ def stage(out: Path, runs: list[dict]) -> Path:
     shutil.copy(ROOT / "_toc.yml", st / "_toc.yml")
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config.setdefault("html", {})["baseurl"] = book_url()  # derived, never typed in _config.yml
+    found = headline(out)
+    if found is not None:  # copied to the site's root: a fixed address the README can show
+        (st / "_extra").mkdir()
+        shutil.copy(found[0], st / "_extra" / HEADLINE_FILE)
+        config.setdefault("sphinx", {}).setdefault("config", {})["html_extra_path"] = ["_extra"]
     (st / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     shutil.copytree(ROOT / "book", st / "book")
     (st / "experiments").mkdir()
@@ -172,10 +339,14 @@ def stage(out: Path, runs: list[dict]) -> Path:
         shutil.copy(out / "executed" / nb, st / nb)
     intro = st / "book" / "intro.md"
     tiers = sorted({r["tier"] for r in runs})
+    profile = runs[0].get("profile", "full") if runs else "full"
+    figure = headline_section(out).replace(f"../{HEADLINE_FILE}", f"../_extra/{HEADLINE_FILE}")
     intro.write_text(intro.read_text().replace("<!-- chapter-links -->", chapter_table())
-                     .replace("<!-- tier-note -->", tier_note(tiers)))
+                     .replace("<!-- tier-note -->", tier_note(tiers, profile))
+                     .replace("<!-- headline -->", figure))
     status = st / "book" / "status.md"
-    status.write_text(status.read_text().replace("<!-- status-table -->", status_table(runs)))
+    table = status_table(runs) + ("\n\n" + info_section(info) if info else "")
+    status.write_text(status.read_text().replace("<!-- status-table -->", table))
     card = st / "book" / "scorecard.md"
     chapters = {Path(nb).stem: nb[:-len(".ipynb")] for nb in notebooks()}
     card.write_text(card.read_text().replace("<!-- scorecard -->",
@@ -187,30 +358,45 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("full", "smoke"), default="full")
     p.add_argument("--tier", choices=("mini", "pretrained"), default="mini")
+    p.add_argument("--profile", choices=("full", "publish"), default="full",
+                   help="the pretrained tier's sizes (the mini tier has one)")
     p.add_argument("--out", default=os.environ.get("VITREG_BUILD_DIR", str(ROOT / BUILD_DIR)))
     p.add_argument("--kernel", default=os.environ.get("VITREG_KERNEL", "vitreg"))
+    p.add_argument("--cache-keys", action="store_true",
+                   help="print the workflow's cache keys (models=..., data=...) and exit")
     args = p.parse_args()
+    if args.cache_keys:
+        print("\n".join(f"{k}={v}" for k, v in cache_keys(args.tier, args.profile).items()))
+        return 0
     out = Path(args.out).resolve()
     results = results_dir(out, args.tier)
-    if results.exists():  # this tier's numbers come from this build only; other tiers stay
-        shutil.rmtree(results)
+    for folder in (results, feature_cache_dir(out, args.tier)):
+        if folder.exists():  # this tier's numbers come from this build only; other tiers stay
+            shutil.rmtree(folder)
     results.mkdir(parents=True)
     os.environ["VITREG_RESULTS_DIR"] = str(results)
+    os.environ["VITREG_FEATURE_CACHE"] = str(feature_cache_dir(out, args.tier))
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
     runs = []
-    for nb in notebooks():
-        print(f"executing {nb} ({args.mode}, {args.tier}) ...", flush=True)
-        run = execute(nb, out, args.mode, args.tier, args.kernel)
-        print(f"  {run['status']} in {run['seconds']} s", flush=True)
+    for nb in notebooks():  # every chapter runs, so one failure does not hide another
+        print(f"executing {nb} ({args.mode}, {args.tier}, {args.profile}) ...", flush=True)
+        run = execute(nb, out, args.mode, args.tier, args.kernel, args.profile)
+        peak = "" if run["peak_gb"] is None else f", peak RAM {run['peak_gb']:.2f} GB"
+        print(f"  {run['status']} in {run['seconds']} s{peak}", flush=True)
         runs.append(run)
-        if run["status"] != "ok":
-            print(f"FAILED: {nb} {run['status']} (executed copy: {out / 'executed' / nb})",
-                  file=sys.stderr)
-            return 1
+    failed = [r for r in runs if r["status"] != "ok"]
+    for r in failed:
+        print(f"FAILED: {r['notebook']} {r['status']} (executed copy: {out / 'executed' / r['notebook']})",
+              file=sys.stderr)
+    if failed:
+        print(f"FAILED: {len(failed)} of {len(runs)} chapters; no book is built for the {args.tier} tier.",
+              file=sys.stderr)
+        (results / "_failed.json").write_text(json.dumps(runs, indent=1))
+        return 1
     (results / scorecard.STATUS_FILE).write_text(json.dumps(runs, indent=1))  # the tier is complete
 
-    st = stage(out, runs)
+    st = stage(out, runs, build_info(args.tier, args.mode, args.profile))
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(st), "--path-output", str(out), "-W", "-n", "--keep-going"]
     print(" ".join(cmd), flush=True)

@@ -32,6 +32,7 @@ import torch
 ENV = "VITREG_FEATURE_CACHE"
 #: what a lookup did, for the build's report: hits, misses, and the seconds a hit saved
 STATS = {"hits": 0, "misses": 0, "saved_s": 0.0}
+HITS_FILE = "hits.jsonl"
 
 
 def folder() -> Path | None:
@@ -75,6 +76,15 @@ def save(path: Path, tensors: dict[str, torch.Tensor], header: dict) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
               metadata={"header": json.dumps(header)})
     tmp.replace(path)
+
+
+def note_hit(path: Path, seconds: float) -> None:
+    """Count a hit, and log it in the cache folder's ``hits.jsonl`` (the build reads what
+    the cache saved per chapter from there: the extraction time of each entry reused)."""
+    STATS["hits"] += 1
+    STATS["saved_s"] += seconds
+    with open(path.parent / HITS_FILE, "a") as log:
+        log.write(json.dumps(dict(entry=path.name, saved_s=seconds)) + "\n")
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:

@@ -232,8 +232,7 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     path = where / f"{lm.name}-{digest}.safetensors"
     hit = feature_cache.load(path)
     if hit is not None:
-        feature_cache.STATS["hits"] += 1
-        feature_cache.STATS["saved_s"] += hit[1]["seconds"]
+        feature_cache.note_hit(path, hit[1]["seconds"])
         return _from_tensors(*hit)
     t0 = time.perf_counter()
     f = _extract(lm, images, layers, batch_size=batch_size, progress=progress, **options)

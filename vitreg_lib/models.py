@@ -432,6 +432,19 @@ def _check_hub(spec: ModelSpec, timeout: float = 5.0) -> None:
                                  "in the cache.") from err
 
 
+def num_params(name: str) -> int:
+    """How many parameters a registry model has, without loading its weights (a pretrained
+    model is built on the ``meta`` device, which takes no memory)."""
+    spec = get_spec(name)
+    if spec.tier == "mini":
+        return _load_mini(spec).num_params
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(spec.source, pretrained=False, img_size=spec.img_size)
+    return sum(p.numel() for p in model.parameters())
+
+
 def mini_dir(spec: ModelSpec) -> Path:
     return ASSETS / spec.source
 

@@ -322,6 +322,11 @@ def headlines(frame: pd.DataFrame, paper: dict, data: str, comparable: str) -> l
     return out
 
 
+#: what the probes extract (the last block, with the patch embeddings chapter 3 reads):
+#: chapters 3, 4 and 5 make this one request, so a book build computes it once per model
+PROBE_EXTRACT = dict(layers=[-1], embeddings=True)
+
+
 def probe_model(lm, images, labels, rule, layer=-1, batch_size: int = 32, seed: int = 0,
                 max_train_tokens: int = 8000) -> tuple[pd.DataFrame, Features, np.ndarray]:
     """Every probe of chapter 4 on one model: extract ``layer`` for ``images`` (PIL),
@@ -330,7 +335,7 @@ def probe_model(lm, images, labels, rule, layer=-1, batch_size: int = 32, seed: 
     ``labels``). Returns the results frame (with a ``model`` column), the features and
     the outlier mask ``[B, rows, cols]``."""
     x = lm.preprocess(images)
-    f = extract(lm, x, layers=[layer], batch_size=batch_size)
+    f = extract(lm, x, **dict(PROBE_EXTRACT, layers=[layer]), batch_size=batch_size)
     mask = detect(patch_norm_maps(f, layer), rule).mask
     local = local_probes(f.patches(layer), mask, patch_pixels(x, f.layout.patch_size), f.layout.grid,
                          seed=seed, max_train_tokens=max_train_tokens)

@@ -86,6 +86,17 @@ class Recorder:
             print(f"{name} = {shown}{extra}" + (f" — {model}" if model else ""))
         return value
 
+    def figure(self, fig: Any, name: str, caption: str) -> Path:
+        """Save ``fig`` as ``_<name>.png`` beside the recorded numbers, with its caption in
+        ``_<name>.json`` (the book build publishes the headline figure from there)."""
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"Figure names use letters, digits and '_': {name!r}.")
+        png = self.path.parent / f"_{name}.png"  # "_": not a notebook's numbers
+        fig.savefig(png, dpi=100)
+        (self.path.parent / f"_{name}.json").write_text(json.dumps(dict(caption=caption,
+                                                                       notebook=self.notebook)))
+        return png
+
     def table(self, names: list[str] | None = None) -> pd.DataFrame:
         """The "paper vs here" table of the recorded numbers that carry a paper value."""
         rows = [dict(quantity=k, paper=v["paper"], here=v["value"], model=v["model"],
