@@ -86,14 +86,35 @@ def test_labelled_images_scenes_and_offline_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="Unknown dataset"):
         labelled_images("ImageNet", 5)
 
+
+
+def test_an_unreachable_dataset_host_is_retried_then_named_with_the_mirror_setting(monkeypatch, tmp_path):
     import torchvision
 
-    def offline(*a, **k):
-        raise OSError("no network")
+    from vitreg_lib import data
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(RuntimeError, match="downloads from the internet the first time"):
-        labelled_images("CIFAR10", 5, root=tmp_path)
+    urls, waits = [], []
+
+    class Offline:
+        url = "https://www.example-host.org/~kriz/cifar-10-python.tar.gz"
+
+        def __init__(self, root, train, download):
+            urls.append(Offline.url)
+            raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    monkeypatch.setattr(data.time, "sleep", waits.append)
+    with pytest.raises(RuntimeError, match=r"www.example-host.org did not deliver cifar-10-python.tar.gz "
+                                           r"after 4 tries.*VITREG_MIRROR_CIFAR10=URL"):
+        data.labelled_images("CIFAR10", 5, root=tmp_path)
+    assert len(urls) == 4 and waits == [2.0, 4.0, 8.0]  # backoff doubles
+    monkeypatch.setenv("VITREG_MIRROR_CIFAR10", "https://mirror.example.net/c10.tar.gz")
+    with pytest.raises(RuntimeError, match="mirror.example.net did not deliver c10.tar.gz"):
+        data.labelled_images("CIFAR10", 5, root=tmp_path)
+    assert urls[-1] == "https://mirror.example.net/c10.tar.gz"
+    assert Offline.url.startswith("https://www.example-host.org")  # restored after the call
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "data"))
+    assert data.data_root() == tmp_path / "data"
 
 
 def test_settings_for_the_register_chapters():

@@ -7,10 +7,17 @@ procedural *scenes* dataset the mini tier trains on. Knows no model.
 * :func:`make_scenes` — deterministic by seed: smooth, low-information backgrounds (the
   redundant patches where the paper finds outliers) with 1..``max_objects`` coloured
   shapes; class labels and object boxes come with every image.
+* :func:`labelled_images` / :func:`boxed_images` — CIFAR-10/100 and Pascal VOC 2007
+  through torchvision, downloaded once into :func:`data_root` (``VITREG_DATA``, default
+  ``~/.cache/vitreg``) with retries and backoff; a host that stays unreachable is an error
+  naming the host, the file and the mirror setting (``VITREG_MIRROR_<DATASET>``: the
+  archive's full URL elsewhere) a reader can give.
 """
 
 from __future__ import annotations
 
+import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -470,8 +477,54 @@ def labelled_folder(folder: str | Path, n: int | None, seed: int = 0) -> Labelle
                           f"{len(classes)} ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
 
 
+DATA_ENV = "VITREG_DATA"
+
+
+def data_root() -> Path:
+    """Where downloaded datasets live: ``$VITREG_DATA``, else ``~/.cache/vitreg``."""
+    return Path(os.environ.get(DATA_ENV) or "~/.cache/vitreg").expanduser()
+
+
+def _archive(dataset: str):
+    """(get, set) of the URL torchvision downloads ``dataset`` from."""
+    import torchvision
+
+    if dataset == "VOC07":
+        entry = torchvision.datasets.voc.DATASET_YEAR_DICT["2007"]
+        return (lambda: entry["url"]), (lambda url: entry.__setitem__("url", url))
+    cls = getattr(torchvision.datasets, dataset)
+    return (lambda: cls.url), (lambda url: setattr(cls, "url", url))
+
+
+def download(dataset: str, make, tries: int = 4, wait: float = 2.0):
+    """``make(download=True)`` for a torchvision dataset, from ``VITREG_MIRROR_<DATASET>``
+    when that is set, retried ``tries`` times with a doubling wait. Fails with the host,
+    the file and the mirror setting named."""
+    from urllib.parse import urlparse
+
+    get, put = _archive(dataset)
+    original = get()
+    url = os.environ.get(f"VITREG_MIRROR_{dataset.upper()}") or original
+    put(url)
+    try:
+        for attempt in range(1, tries + 1):
+            try:
+                return make(download=True)
+            except Exception as err:  # torchvision raises URLError / RuntimeError / OSError
+                if attempt == tries:
+                    raise RuntimeError(
+                        f"Could not download {dataset}: {urlparse(url).hostname} did not deliver "
+                        f"{Path(urlparse(url).path).name} after {tries} tries ({type(err).__name__}: "
+                        f"{err}). Give a mirror of that file with VITREG_MIRROR_{dataset.upper()}=URL, or "
+                        f"put the unpacked dataset into {data_root()}; offline, use dataset='scenes' or "
+                        "a folder of your own images.") from err
+                time.sleep(wait * 2 ** (attempt - 1))
+    finally:
+        put(original)
+
+
 def labelled_images(dataset: str, n: int, seed: int = 0,
-                    root: str | Path = "~/.cache/vitreg") -> LabelledImages:
+                    root: str | Path | None = None) -> LabelledImages:
     """``n`` labelled images: ``"scenes"`` (label: number of objects minus one; offline),
     a torchvision dataset, ``"CIFAR10"`` / ``"CIFAR100"`` (test split, downloaded to
     ``root`` the first time: needs the network), or the path of a folder with one
@@ -486,14 +539,9 @@ def labelled_images(dataset: str, n: int, seed: int = 0,
                          "a folder with one sub-folder of images per class.")
     import torchvision
 
-    folder = Path(root).expanduser()
-    try:
-        ds = getattr(torchvision.datasets, dataset)(str(folder), train=False, download=True)
-    except Exception as err:  # torchvision raises URLError / RuntimeError offline
-        raise RuntimeError(f"Could not get {dataset} into {folder} ({type(err).__name__}: {err}). "
-                           "It downloads from the internet the first time; offline, use "
-                           "dataset='scenes' or a local folder with one sub-folder of images per "
-                           "class.") from err
+    folder = Path(root).expanduser() if root else data_root()
+    ds = download(dataset, lambda download: getattr(torchvision.datasets, dataset)(
+        str(folder), train=False, download=download))
     idx = np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)
     images = [ds[int(i)][0] for i in idx]
     labels = np.array([ds[int(i)][1] for i in idx])
@@ -518,7 +566,7 @@ def voc_box(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[float, 
     return float(xmin) - 1, float(ymin) - 1, float(xmax), float(ymax)
 
 
-def boxed_images(dataset: str, n: int, seed: int = 0, root: str | Path = "~/.cache/vitreg",
+def boxed_images(dataset: str, n: int, seed: int = 0, root: str | Path | None = None,
                  **scene) -> BoxedImages:
     """``n`` images with object boxes: ``"scenes"`` (offline; ``scene`` are
     :func:`make_scenes` options, e.g. a mini model's training distribution) or
@@ -539,14 +587,13 @@ def boxed_images(dataset: str, n: int, seed: int = 0, root: str | Path = "~/.cac
                          f"'VOC07' (downloaded by torchvision) or a folder of images with a {BOXES_FILE}.")
     import torchvision
 
-    folder = Path(root).expanduser()
-    try:
-        ds = torchvision.datasets.VOCDetection(str(folder), year="2007", image_set="trainval",
-                                               download=not (folder / "VOCdevkit" / "VOC2007").is_dir())
-    except Exception as err:  # torchvision raises URLError / RuntimeError offline
-        raise RuntimeError(f"Could not get Pascal VOC 2007 into {folder} ({type(err).__name__}: {err}). "
-                           "It downloads from the internet the first time; offline, use "
-                           f"dataset='scenes' or a folder of images with a {BOXES_FILE}.") from err
+    folder = Path(root).expanduser() if root else data_root()
+
+    def make(download: bool):
+        return torchvision.datasets.VOCDetection(str(folder), year="2007", image_set="trainval",
+                                                 download=download)
+
+    ds = make(False) if (folder / "VOCdevkit" / "VOC2007").is_dir() else download("VOC07", make)
     total = len(ds)
     idx = _pick(total, n, seed)
     images, boxes = [], []
