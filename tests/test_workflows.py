@@ -324,8 +324,9 @@ def test_actionlint_passes():
     assert proc.returncode == 0, f"actionlint:\n{proc.stdout}{proc.stderr}"
 
 
-@pytest.mark.parametrize("args, tier, profile", [([], "mini", "full"), (["TIER=pretrained"], "pretrained", "full"),
-                                                 (["TIER=pretrained", "PROFILE=publish"], "pretrained", "publish")])
+@pytest.mark.parametrize("args, tier, profile", [
+    ([], "mini", "full"), (["TIER=pretrained"], "pretrained", "full"),
+    (["TIER=pretrained", "PROFILE=publish"], "pretrained", "publish")])
 def test_make_book_passes_the_tier_and_profile_to_the_build(args, tier, profile, tmp_path):
     out = subprocess.run(["make", "-n", "book", f"VENV={tmp_path}/venv", *args], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
