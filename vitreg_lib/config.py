@@ -181,7 +181,7 @@ _PRETRAINED = {
                     search=TestTimeSearch("dinov2_l", "dinov2_l_reg", max_layer=17, top_k=45, n_images=100,
                                           source="Jiang et al. for DINOv2-L/14: layers <= 17, k ~ 45, "
                                                  "~100 images"),
-                    n_voc=150, lost_models=("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
+                    n_voc=100, lost_models=("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
                     probe_tokens=8000),
     "full": dict(pairs=(("dinov2_s", "dinov2_s_reg"), ("dinov2_b", "dinov2_b_reg"),
                         ("dinov2_l", "dinov2_l_reg")),

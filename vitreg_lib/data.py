@@ -510,7 +510,7 @@ def download(dataset: str, make, tries: int = 4, wait: float = 2.0):
         for attempt in range(1, tries + 1):
             try:
                 return make(download=True)
-            except Exception as err:  # torchvision raises URLError / RuntimeError / OSError
+            except OSError as err:  # the network (URLError, timeouts); other errors are not retried
                 if attempt == tries:
                     raise RuntimeError(
                         f"Could not download {dataset}: {urlparse(url).hostname} did not deliver "
