@@ -85,8 +85,9 @@ def test_book_pages_show_figures_and_links(built):
     assert build_book.colab_url("notebooks/01_high_norm_tokens.ipynb") in intro
     status = (html / "book" / "status.html").read_text()
     assert "notebooks/01_high_norm_tokens.ipynb" in status
-    assert "This build: <strong>mini</strong> tier, <strong>smoke</strong> mode." in status
-    assert re.search(r"01_high_norm_tokens\.ipynb</p></td>\n(<td><p>[^<]*</p></td>\n){4}"
+    assert ("This build: <strong>mini</strong> tier, <strong>smoke</strong> mode, "
+            "<strong>full</strong> profile.") in status
+    assert re.search(r"01_high_norm_tokens\.ipynb</p></td>\n(<td><p>[^<]*</p></td>\n){6}"
                      r"<td><p>mini_reg0, mini_reg4</p></td>", status)
     # every page knows the book's address, derived from repository.url
     assert f'<link rel="canonical" href="{build_book.book_url()}book/intro.html" />' in intro
@@ -134,10 +135,11 @@ def test_a_build_keeps_its_results_in_its_tier_folder(tmp_path, monkeypatch):
             "y_m2": dict(value=None, paper=None, model="m2", note="", comparable=""),
             "z": dict(value=3, paper=None, model=None, note="", comparable="")}))
 
-    jb = []
+    jb, real_run = [], subprocess.run
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
-    monkeypatch.setattr(build_book.subprocess, "run",
-                        lambda cmd: jb.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(build_book.subprocess, "run",  # jupyter-book stubbed; git (the commit) runs
+                        lambda cmd, **k: real_run(cmd, **k) if k else
+                        (jb.append(cmd) or subprocess.CompletedProcess(cmd, 0)))
     monkeypatch.setenv("VITREG_RESULTS_DIR", "")  # restored after the test; main sets it
     monkeypatch.setenv("MPLBACKEND", "agg")
     plant_pretrained(tmp_path)
@@ -156,7 +158,7 @@ def test_a_build_keeps_its_results_in_its_tier_folder(tmp_path, monkeypatch):
     assert json.loads(planted.read_text()) == PLANTED
     stage = tmp_path / "stage"
     status = (stage / "book" / "status.md").read_text()
-    assert "This build: **mini** tier, **smoke** mode." in status
+    assert "This build: **mini** tier, **smoke** mode, **full** profile." in status
     assert "| notebooks/01_high_norm_tokens.ipynb | ok | smoke | mini |" in status and "| m1, m2 |" in status
     card = (stage / "book" / "scorecard.md").read_text()
     assert "<!-- scorecard -->" not in card and "**pretrained** (full mode, 1 chapter)" in card
@@ -166,6 +168,37 @@ def test_a_build_keeps_its_results_in_its_tier_folder(tmp_path, monkeypatch):
     assert config["repository"] == build_book.repo_settings()  # the rest of the config is kept
     assert "baseurl" not in (ROOT / "_config.yml").read_text()  # derived, never typed
     assert jb and jb[0][1:3] == ["build", str(stage)] and "-W" in jb[0]
+
+
+def test_a_failed_chapter_fails_the_build_after_every_chapter_ran_and_builds_no_book(tmp_path, monkeypatch):
+    """Loud failure: every chapter still runs (so every error is listed), the build exits 1,
+    the tier gets no _status.json (the scorecard leaves it out) and no HTML is staged or built,
+    so a workflow has nothing to deploy and nothing falls back to another tier."""
+    import papermill
+
+    ran = []
+
+    def fake_execute(src, dst, parameters, **kwargs):
+        ran.append(Path(src).name)
+        shutil.copy(src, dst)
+        if "03_" in src:
+            raise papermill.PapermillExecutionError(4, 4, "", "ModelUnavailableError", "no hub", [])
+
+    jb = []
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.setattr(build_book.subprocess, "run", lambda cmd, **k: jb.append(cmd))
+    monkeypatch.setenv("VITREG_RESULTS_DIR", "")
+    monkeypatch.setenv("VITREG_FEATURE_CACHE", "")
+    monkeypatch.setattr(sys, "argv", ["build_book.py", "--tier", "pretrained", "--profile", "publish",
+                                      "--out", str(tmp_path)])
+    assert build_book.main() == 1
+    assert ran == [Path(nb).name for nb in build_book.notebooks()]
+    results = build_book.results_dir(tmp_path, "pretrained")
+    assert not (results / "_status.json").exists()
+    failed = json.loads((results / "_failed.json").read_text())
+    assert [r["status"].startswith("failed in cell 4: ModelUnavailableError") for r in failed].count(True) \
+        == 1
+    assert not jb and not (tmp_path / "stage").exists() and not build_book.html_dir(tmp_path).exists()
 
 
 def test_repository_url_is_one_setting():

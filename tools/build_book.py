@@ -212,8 +212,11 @@ def build_info(tier: str, mode: str, profile: str) -> dict:
     from vitreg_lib.models import get_spec, hub_revision
 
     s = settings(tier, smoke=mode == "smoke", device="cpu", profile=profile)
-    commit = os.environ.get("GITHUB_SHA") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    try:
+        commit = os.environ.get("GITHUB_SHA") or subprocess.check_output(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
     cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
     mem = next((int(line.split()[1]) / 1024 ** 2 for line in _read("/proc/meminfo").splitlines()

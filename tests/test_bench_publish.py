@@ -1,0 +1,57 @@
+"""The publish profile's benchmark at smoke size: the pretrained book built end to end
+from planted hub weights (real ids) and planted CIFAR-10 / VOC07 in their on-disk formats,
+hub offline, as the Pages workflow builds it with the network."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import bench_publish  # noqa: E402
+import build_book  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    work = tmp_path_factory.mktemp("bench_publish")
+    code = bench_publish.main(["--smoke", "--work", str(work)])
+    return work, code
+
+
+def test_the_pretrained_book_builds_from_planted_downloads(bench):
+    work, code = bench
+    out = work / "build"
+    assert code == 0, (work / "build" / "results" / "pretrained" / "_failed.json").read_text()[-3000:]
+    runs = json.loads((build_book.results_dir(out, "pretrained") / "_status.json").read_text())
+    assert [r["notebook"] for r in runs] == build_book.notebooks()
+    assert all(r["status"] == "ok" and r["profile"] == "publish" for r in runs)
+    assert all(0 < r["peak_gb"] < bench_publish.BUDGET_GB for r in runs)  # measured, from VmHWM
+    # chapters 3-5 read the probes' extraction of chapter 3 from the feature cache
+    assert sum(r["cache_saved_s"] > 0 for r in runs) >= 2, [r["cache_saved_s"] for r in runs]
+    report = json.loads((work / "bench_publish.json").read_text())
+    assert report["exit"] == 0 and "cores" in report["machine"]
+
+
+def test_the_status_page_says_what_built_the_book(bench):
+    work, _ = bench
+    html = build_book.html_dir(work / "build")
+    status = (html / "book" / "status.html").read_text()
+    assert "<strong>pretrained</strong> tier" in status and "<strong>publish</strong> profile" in status
+    assert "timm/vit_small_patch14_dinov2.lvd142m" in status
+    assert '<span class="pre">000000000000</span>' in status  # the planted snapshot's revision
+    assert re.search(r"cores, [0-9.]+ GB RAM", status) and "CIFAR10, 48 images" in status
+    assert "VOC07, 8 images" in status and "peak RAM (GB)" in status
+
+
+def test_the_intro_shows_the_headline_figure_served_at_a_fixed_address(bench):
+    work, _ = bench
+    html = build_book.html_dir(work / "build")
+    assert (html / build_book.HEADLINE_FILE).is_file()  # the README links to BOOK_URL/headline.png
+    intro = (html / "book" / "intro.html").read_text()
+    assert "come from the <strong>pretrained</strong> tier" in intro and "publish" in intro
+    assert "headline.png" in intro and "dinov2_s_reg" in intro  # the caption names the models
+    assert "No pretrained build has published" not in intro
