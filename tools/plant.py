@@ -22,20 +22,24 @@ from PIL import Image
 REVISION = "0" * 40  # the snapshot folder a planted hub repo gets
 
 
+def hub_file(cache: Path, timm_name: str) -> Path:
+    """Where :func:`fill_hub_cache` puts the weights of ``timm/<timm_name>``."""
+    return Path(cache) / f"models--timm--{timm_name}" / "snapshots" / REVISION / "model.safetensors"
+
+
 def fill_hub_cache(cache: Path, timm_name: str) -> None:
     """Random weights under the hub cache's layout for ``timm/<timm_name>``."""
     import timm
     import torch
     from safetensors.torch import save_file
 
-    folder = Path(cache) / f"models--timm--{timm_name}"
-    (folder / "refs").mkdir(parents=True, exist_ok=True)
-    (folder / "refs" / "main").write_text(REVISION)
-    snap = folder / "snapshots" / REVISION
-    snap.mkdir(parents=True, exist_ok=True)
+    path = hub_file(cache, timm_name)
+    (path.parents[2] / "refs").mkdir(parents=True, exist_ok=True)
+    (path.parents[2] / "refs" / "main").write_text(REVISION)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = timm.create_model(timm_name, pretrained=False)
-    save_file(model.state_dict(), str(snap / "model.safetensors"))
+    save_file(model.state_dict(), str(path))
 
 
 def plant_cifar10(root: Path, n: int = 10_000, seed: int = 0) -> Path:
