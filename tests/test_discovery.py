@@ -216,3 +216,76 @@ def test_published_corloc_beside_each_model():
     assert lost_reference("mini", 4, stand_in=True) == 55.4
     assert lost_reference("mini", 0, stand_in=True) == 35.3
     assert lost_reference("mini", 0, "mini_reg0", test_time=True, stand_in=True) == 53.8
+
+
+# --- the degenerate case: a shared key component makes every degree the same ---------------
+
+
+def test_lost_flags_keys_dominated_by_a_shared_bias():
+    feats = _scene_features((8, 10), [(2, 3, 5, 7, 1)])
+    plain = discovery.lost(feats, (8, 10), k=20)
+    assert not plain.degenerate and plain.box_patches == (3, 2, 7, 5)
+    bias = np.zeros(feats.shape[1])
+    bias[-1] = 50.0  # a direction no patch uses, far larger than any patch's own part
+    r = discovery.lost(feats + bias, (8, 10), k=20)
+    assert (discovery.affinity(feats + bias) > 0).all()  # every pair correlates positively
+    assert r.degenerate and (r.degree == 79).all()  # every patch has the maximal degree
+    assert r.seed == 0 and r.box_patches == (0, 0, 10, 8)  # the tie rule's seed, the whole crop
+    # centring removes any shared component: the object is found again
+    centred = discovery.lost(feats + bias - (feats + bias).mean(axis=0), (8, 10), k=20)
+    assert not centred.degenerate and centred.box_patches == (3, 2, 7, 5)
+    # equal degrees below the maximum are degenerate too (the seed is the tie rule's)
+    assert discovery.lost(np.eye(4), (2, 2), k=2).degenerate
+
+
+def _biased_keys_model(bias: float = 1000.0):
+    """A tiny ViT whose last block adds a huge constant to every key."""
+    lm = tiny(registers=1, img_size=16)
+    attn = lm.model.blocks[-1].attn
+    d = attn.qkv.in_features
+    with torch.no_grad():
+        attn.qkv.bias[d:2 * d] = bias
+    return lm
+
+
+def _photos(n=3):
+    return [Image.fromarray(np.random.default_rng(i).integers(0, 255, (24, 32, 3), np.uint8))
+            for i in range(n)]
+
+
+def test_discover_warns_and_flags_degenerate_images():
+    import warnings
+
+    lm, photos = _biased_keys_model(), _photos()
+    with pytest.warns(UserWarning, match=r"degenerated on 3 of 3 images.*tie rule \(patch 0.*"
+                                         r"centre_keys=True.*layer="):
+        found = discovery.discover(lm, photos, k=8)
+    assert found.degenerate.tolist() == [True, True, True]
+    assert found.seeds == [(0, 0)] * 3 and found.subset([1]).degenerate.tolist() == [True]
+    gt = [np.array([[0.0, 0, 8, 8]])] * 3
+    assert discovery.summary({"m": found}, gt).loc[0, "degenerate"] == 3
+    # the knob: centred keys lose the shared bias, and nothing degenerates or warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        centred = discovery.discover(lm, photos, k=8, centre_keys=True)
+    assert not centred.degenerate.any()
+    assert "centred per image" in centred.describe() and "centred" not in found.describe()
+    f = extract(lm, photos, layers=[-1], keys=True)
+    keys = f.layout.split(f.attention_keys(-1))["patches"]
+    for i, r in enumerate(centred.results):
+        again = discovery.lost(keys[i] - keys[i].mean(dim=0), f.layout.grid, 8)
+        assert (again.seed, again.box_patches) == (r.seed, r.box_patches)
+
+
+def test_discover_reads_the_keys_of_the_layer_asked_for():
+    lm, photos = _biased_keys_model(), _photos(2)
+    found = discovery.discover(lm, photos, k=8, layer=0)  # block 0 has no bias: no warning needed
+    assert "keys of block 0" in found.describe()
+    f = extract(lm, photos, layers=[0], keys=True)
+    keys = f.layout.split(f.attention_keys(0))["patches"]
+    for i, r in enumerate(found.results):
+        again = discovery.lost(keys[i], f.layout.grid, 8)
+        assert (again.seed, again.box_patches, again.degenerate) == (r.seed, r.box_patches, r.degenerate)
+    with pytest.warns(UserWarning, match="degenerated on 2 of 2 images") as caught:
+        discovery.discover(lm, photos, k=8, layer=-1, centre_keys=False)
+    assert "centre_keys=True" in str(caught[0].message)

