@@ -50,6 +50,40 @@ PAPER: dict[str, dict] = {
         "search": {"DINOv2 ViT-L/14": "layers <= 17, k ~ 45", "OpenCLIP ViT-B/16": "layers <= 5, k = 10"},
         "source": "arXiv 2506.08010",
     },
+    "T1_code": {  # what the authors' code does (read, not measured); see JIANG_* below
+        "model": "DINOv2 ViT-L/14 and OpenCLIP ViT-B/16 (Jiang et al., 2025, their code)",
+        "search": "norm > a fixed cut at detect_layer over ALL tokens ([CLS] included), per image; "
+                  "score = mean |activation| at the flagged tokens, sparsity filter on, averaged over "
+                  "the images with a flagged token; top_k of layers <= highest_layer",
+        "value": "one number per layer: the signed maximum (max or min, whichever is larger in "
+                 "magnitude) over all tokens and all listed units of that layer, written to every "
+                 "listed unit of the extra token(s); the listed units are zeroed on the patches",
+        "images": 100,  # register_neurons.ipynb: processed_image_cnt=100
+        "batch": "edits batch element 0 only (output[0, ...])",
+        "text_vs_code": [
+            "the hook's own comment (shared/hook_fn.py) and the abstract ('shifting the high-norm "
+            "activations from our discovered register neurons into an additional untrained token') "
+            "describe moving each neuron's activation; the code writes one signed maximum per "
+            "layer, over all tokens ([CLS] and the extra token included) and all listed units",
+            "configs/dinov2_large.yaml says top_k 50; the list shipped for DINOv2-L has 45 units",
+            "find_register_neurons defaults to 500 images and no sparsity filter; the notebook "
+            "that produced the lists passes 100 images and the filter on",
+            "not checked: the paper's method section itself (only abstracts and first pages of "
+            "arXiv 2506.08010 were readable here)",
+        ],
+        "source": "github.com/nickjiang2378/test-time-registers @ 860df43 (see JIANG_SOURCE)",
+    },
+    "register_content": {  # Parodi, Matelsky & Segado, CVPR 2026 HOW workshop
+        "model": "DINOv2+registers and DINOv3, ViT-S/B (and DINOv2 without registers for [CLS])",
+        "zero_registers_drop_pp": {"classification": 36.6, "segmentation": 30.9},  # "up to"
+        "replacement_within_pp": 1.0,  # mean, matched noise, cross-image shuffle: "within ~1 pp"
+        "zero_cls_segmentation_drop_pp": {"without registers": 37.0, "with registers": "< 1"},
+        "effective_rank": {"without registers": 13.5, "with registers": 4.0},
+        "calibration_images": 5000,  # ImageNet images for the layer-wise means
+        "protocol": "hook at EVERY block output: zeros, layer-wise dataset mean, Gaussian noise "
+                    "matched in mean and variance, registers of another image of the batch",
+        "source": "arXiv 2604.14433 (abstract and the authors' post)",
+    },
     "F9": {  # CorLoc (%), without -> with registers
         "DINOv2": {"VOC07": (35.3, 55.4), "VOC12": (40.2, 60.0), "COCO20k": (26.9, 42.0)},
         "DeiT-III": {"VOC07": (11.7, 27.1), "VOC12": (13.1, 32.7), "COCO20k": (10.7, 25.1)},
@@ -57,6 +91,51 @@ PAPER: dict[str, dict] = {
         "source": "Table 3",
     },
 }
+
+#: where the authors' code was read (Jiang et al., 2025): repository and commit
+JIANG_SOURCE = {"repository": "nickjiang2378/test-time-registers",
+                "commit": "860df43515c8d8e9e90952af25a46c26e4469570"}
+
+#: the authors' search settings per model family, from their configs (``configs/*.yaml``,
+#: read by ``register_neurons.ipynb``, which calls ``shared/algorithms.py:find_register_neurons``
+#: with ``processed_image_cnt=100, apply_sparsity_filter=True``). ``norm_cut``: a token is an
+#: outlier when its norm at ``detect_layer`` is strictly above it. ``top_k``: the number of
+#: units kept (DINOv2: the config says 50, the list the authors ship and their torch-hub model
+#: runs has 45; we keep 45). Each cut was hand-picked for the model named in ``set_for``
+#: (``depth`` blocks).
+JIANG_SEARCH: dict[str, dict] = {
+    "DINOv2": {"set_for": "DINOv2 ViT-L/14", "depth": 24, "norm_cut": 150.0, "detect_layer": -2,
+               "highest_layer": 17, "top_k": 45, "top_k_config": 50, "images": 100,
+               "sparsity": {"below": 0.5, "min_fraction": 0.5},
+               "source": "configs/dinov2_large.yaml; dinov2/dinov2/hub/register_neurons.py"},
+    "OpenCLIP": {"set_for": "OpenCLIP ViT-B/16 (laion2b_s34b_b88k)", "depth": 12, "norm_cut": 30.0,
+                 "detect_layer": -1, "highest_layer": 5, "top_k": 10, "top_k_config": 10,
+                 "images": 100, "sparsity": {"below": 0.5, "min_fraction": 0.5},
+                 "source": "configs/openclip_base.yaml (configs/openai_clip_base.yaml: the same)"},
+}
+
+#: the authors' DINOv2 ViT-L/14 register neurons (the paper's data), ``{layer: [units]}``,
+#: in their order; from ``dinov2/dinov2/hub/register_neurons.py`` (LARGE_REGISTER_NEURONS)
+#: at :data:`JIANG_SOURCE`. 45 units: 17 in layer 17, 9 in 16, 9 in 15, 8 in 14, 1 in 13, 1 in 12.
+JIANG_DINOV2_L_NEURONS: dict[int, list[int]] = {
+    17: [884, 133, 1427, 3464, 2373, 2436, 841, 3574, 2129, 3355, 4047, 3341, 1330, 4031, 844, 944, 464],
+    16: [2301, 3576, 1940, 3463, 1244, 407, 3152, 2517, 3465],
+    15: [1714, 3507, 2492, 2680, 131, 720, 3499, 3062, 2625],
+    14: [2110, 1510, 1082, 2711, 2464, 147, 543, 581],
+    13: [2400],
+    12: [3168],
+}
+
+
+def jiang_neurons() -> list[tuple[int, int]]:
+    """:data:`JIANG_DINOV2_L_NEURONS` as ``(layer, unit)`` pairs."""
+    return [(layer, unit) for layer, units in JIANG_DINOV2_L_NEURONS.items() for unit in units]
+
+
+def jiang_search(family: str) -> dict | None:
+    """The authors' search settings for a model family (:data:`JIANG_SEARCH`), or ``None``
+    for a family they published none for (DeiT-III, DINO v1, MAE, the minis)."""
+    return JIANG_SEARCH.get(family)
 
 
 def cite(finding: str, key: str):
