@@ -28,8 +28,8 @@ def x():
 @pytest.mark.parametrize("kw", [dict(registers=0), dict(registers=2), dict(registers=0, cls_token=False)])
 def test_search_finds_the_planted_unit(kw, x):
     lm = planted(**kw)
-    found = R.find_register_neurons(lm, x, max_layer=2, top_k=3, detect_layer=-1)
-    assert found.neurons[0] == (LAYER, UNIT)
+    found = R.find_register_neurons(lm, x, max_layer=2, top_k=3, detect_layer=-1, rule=R.PATCH_MEAN_3STD)
+    assert found.neurons[0] == (LAYER, UNIT) and found.tokens == "patches"
     assert found.n_used == len(x)
     assert found.score(LAYER, UNIT) > 5 * found.score(*found.neurons[1])
     # the planted patches are the outliers: 3 of 64 patches in each image
@@ -53,23 +53,23 @@ def test_the_fix_moves_the_high_norm_onto_the_extra_token(x):
     assert set(kinds) == {"cls", "registers", "patches", "extra"} and kinds["registers"].shape == (6, 2)
 
 
-def test_batched_equals_one_image_at_a_time(x):
+@pytest.mark.parametrize("value", R.VALUES)
+def test_batched_equals_one_image_at_a_time(value, x):
+    """Every image of a batch is edited with its own values (the authors' code edits
+    batch element 0 only)."""
     lm = planted(registers=0)
-    with R.add_test_time_registers(lm, {LAYER: [UNIT]}, n_tokens=2) as fixed:
-        batch = extract(fixed, x, layers=[LAYER], mlp=True)
-        single = [extract(fixed, x[i:i + 1], layers=[LAYER], mlp=True) for i in range(len(x))]
+    with R.add_test_time_registers(lm, {LAYER: [UNIT]}, n_tokens=2, value=value) as fixed:
+        batch = extract(fixed, x, layers="all", mlp=[LAYER])
+        single = [extract(fixed, x[i:i + 1], layers="all", mlp=[LAYER]) for i in range(len(x))]
     for i, one in enumerate(single):
-        torch.testing.assert_close(batch.layer(LAYER)[i], one.layer(LAYER)[0], atol=1e-5, rtol=1e-5)
+        for layer in range(4):
+            torch.testing.assert_close(batch.layer(layer)[i], one.layer(layer)[0], atol=1e-5, rtol=1e-5)
     hidden = batch.mlp_hidden(LAYER)[:, :, UNIT]  # [B, N]
     on_patches = hidden[:, batch.layout.patch_slice]
     assert torch.equal(on_patches, torch.zeros_like(on_patches))  # zeroed on the patches
     peaks = hidden[:, -1]
-    assert torch.equal(hidden[:, -2], peaks)  # both extra tokens get the maximum
-    # each image its own maximum (they differ, so a batch-element-0 shortcut would fail);
-    # not bit-equal to the plain model's: the zero tokens already take part in attention
-    plain = extract(lm, x, layers=[LAYER], mlp=True).mlp_hidden(LAYER)[:, 1:, UNIT]
-    torch.testing.assert_close(peaks, plain.amax(dim=1), rtol=1e-3, atol=0)
-    assert peaks.std() > 0.05
+    assert torch.equal(hidden[:, -2], peaks)  # both extra tokens get the same value
+    assert peaks.std() > 0.05  # each image its own value: a batch-element-0 shortcut would fail
 
 
 def _hooks(model):
@@ -100,19 +100,29 @@ def test_sparsity_filter_drops_a_unit_that_fires_everywhere(x):
         fc1 = lm.model.blocks[2].mlp.fc1
         fc1.weight[5] = 0
         fc1.bias[5] = 20.0
-    dense = R.find_register_neurons(lm, x, max_layer=2, top_k=2, detect_layer=-1)
+    dense = R.find_register_neurons(lm, x, max_layer=2, top_k=2, detect_layer=-1, rule=R.PATCH_MEAN_3STD)
     assert dense.neurons[0] == (2, 5)
-    sparse = R.find_register_neurons(lm, x, max_layer=2, top_k=2, detect_layer=-1,
+    sparse = R.find_register_neurons(lm, x, max_layer=2, top_k=2, detect_layer=-1, rule=R.PATCH_MEAN_3STD,
                                      sparsity=R.SparsityFilter())
     assert sparse.neurons[0] == (LAYER, UNIT) and (2, 5) not in sparse.neurons
 
 
 def test_bad_input_is_refused_clearly(x):
     lm = planted(registers=0)
-    with pytest.raises(ValueError, match="flagged no patch"):
+    with pytest.raises(ValueError, match="flagged no token"):
         R.find_register_neurons(lm, x, max_layer=2, rule=Absolute(1e9))
     with pytest.raises(IndexError, match="out of range"):
-        R.find_register_neurons(lm, x, max_layer=9)
+        R.find_register_neurons(lm, x, max_layer=9, rule=R.PATCH_MEAN_3STD)
+    with pytest.raises(ValueError, match="no recorded norm cut"):  # the minis, DeiT-III, ...
+        R.find_register_neurons(lm, x, max_layer=2)
+    with pytest.raises(ValueError, match="pass max_layer"):
+        R.find_register_neurons(lm, x, rule=R.PATCH_MEAN_3STD)
+    with pytest.raises(ValueError, match="tokens must be"):
+        R.find_register_neurons(lm, x, max_layer=2, rule=R.PATCH_MEAN_3STD, tokens="cls")
+    with pytest.raises(ValueError, match="value must be"):
+        R.add_test_time_registers(lm, [(1, 0)], value="max")
+    with pytest.raises(ValueError, match="position must be"):
+        R.add_test_time_registers(lm, [(1, 0)], position="inside")
     with pytest.raises(IndexError, match="hidden units"):
         R.add_test_time_registers(lm, [(1, 10_000)])
     with pytest.raises(IndexError, match="out of range"):
@@ -148,7 +158,7 @@ def test_register_flops_of_an_architecture_match_the_textbook_count():
 
 def test_neuron_maps_show_where_the_planted_unit_fires(x):
     lm = planted(registers=0)
-    found = R.find_register_neurons(lm, x, max_layer=2, top_k=1, detect_layer=-1)
+    found = R.find_register_neurons(lm, x, max_layer=2, top_k=1, detect_layer=-1, rule=R.PATCH_MEAN_3STD)
     act, norm = R.neuron_maps(lm, x, found)
     assert act.shape == norm.shape == (6, 8, 8)
     streamed = R.neuron_maps(lm, x, found, batch_size=4)  # batches of 4 and 2
@@ -236,3 +246,234 @@ def test_t1_reference_matches_the_probe_groups_of_a_fixed_model(x):
                                value=50.0, low=40.0, high=60.0, tokens=6, images=6, note="", model="m")])
     out = headlines(frame, t1_reference(), "data", "no")[0]
     assert out["name"] == "global_accuracy_test_time_register_0_m" and out["paper"] == 84.5
+
+
+# --------------------------------------------------------------------------- the authors' way
+
+THREE = {11: [5, 40], 20: [63, 18]}  # two more planted units of LAYER: unit -> patches
+SCALES = {UNIT: 1.0, 11: 0.6, 20: 0.3}  # their fc1 rows scaled: three different peaks
+
+
+def planted_three(**kw):
+    """A tiny model with three register neurons in LAYER, firing on different patches
+    with different peaks."""
+    lm = planted(**kw)
+    for seed, (unit, spots) in enumerate(THREE.items(), start=1):
+        R.plant_register_neuron(lm, LAYER, unit, spots, seed=seed)
+    with torch.no_grad():
+        fc1 = lm.model.blocks[LAYER].mlp.fc1
+        for unit, s in SCALES.items():
+            fc1.weight[unit] *= s
+            fc1.bias[unit] *= s
+    return lm
+
+
+def authors_intervention(model, x, units: list[int], layer: int, prefix: int):
+    """Written from the authors' description, not from the library: a plain block-by-block
+    forward with one zero token appended before ``norm_pre``; in ``layer``, for each image
+    in turn, ONE value (the max or the min of the listed units over every token, whichever
+    is larger in magnitude) goes to the listed units of the zero token, and the listed
+    units are zeroed on the patches. Returns every block output and the unedited hidden
+    activations of ``layer``."""
+    t = model._pos_embed(model.patch_embed(x))
+    t = model.norm_pre(torch.cat([t, torch.zeros_like(t[:, :1])], dim=1))
+    outs, before = [], None
+    for i, blk in enumerate(model.blocks):
+        t = t + blk.ls1(blk.attn(blk.norm1(t)))
+        h = blk.mlp.act(blk.mlp.fc1(blk.norm2(t)))
+        if i == layer:
+            before = h.clone()
+            for b in range(len(h)):
+                acts = h[b][:, units]
+                hi, lo = acts.max(), acts.min()
+                h[b, -1, units] = hi if abs(hi) > abs(lo) else lo
+                h[b, prefix:-1, units] = 0
+        t = t + blk.ls2(blk.mlp.fc2(h))
+        outs.append(t)
+    return outs, before
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+@pytest.mark.parametrize("value, agrees", [(None, True), ("layer_signed_max", True),
+                                           ("neuron_patch_max", False)])
+def test_the_default_is_the_authors_intervention(value, agrees, registers, x):
+    """The library's default agrees with an independent implementation of the authors'
+    rule on every token of every block; the per-neuron option does not (this test fails
+    if the two rules are swapped)."""
+    lm = planted_three(registers=registers)
+    units = sorted(SCALES)
+    with torch.no_grad():
+        ref, _ = authors_intervention(lm.model, x, units, LAYER, lm.layout().num_prefix)
+    with R.add_test_time_registers(lm, {LAYER: units}, **({} if value is None else {"value": value})) as m:
+        f = extract(m, x, layers="all")
+    worst = max(float((f.layer(i) - ref[i]).abs().max()) for i in range(len(ref)))
+    if agrees:
+        assert worst <= 1e-5
+    else:
+        assert worst > 1e-2
+
+
+def test_the_per_neuron_option_differs_by_what_the_rule_predicts(x):
+    """At the edited block the two rules differ on the extra token only, by fc2 applied to
+    the difference of the written values (each unit's patch maximum minus the layer's
+    signed maximum); patches and [CLS] are the same."""
+    lm = planted_three(registers=0)
+    units = sorted(SCALES)
+    with torch.no_grad():
+        _, hidden = authors_intervention(lm.model, x, units, LAYER, 1)
+    acts = hidden[:, :, units]  # [B, N, 3], unedited
+    for u, spots in {UNIT: SPOTS, **THREE}.items():  # each planted unit fires on its own patches
+        top = hidden[:, 1:, u].topk(len(spots), dim=1).indices
+        assert all(sorted(t.tolist()) == sorted(spots) for t in top)
+    layer_value = R.signed_max(acts)  # [B]
+    unit_peaks = acts[:, 1:].amax(dim=1)  # [B, 3]
+    assert ((unit_peaks - layer_value[:, None]).abs().amax(dim=0) > 0.1).sum() == 2  # two units differ
+    w = lm.model.blocks[LAYER].mlp.fc2.weight[:, units].detach()
+    predicted = (unit_peaks - layer_value[:, None]) @ w.T  # [B, D]
+    runs = {}
+    for value in R.VALUES:
+        with R.add_test_time_registers(lm, {LAYER: units}, value=value) as m:
+            runs[value] = extract(m, x, layers=[LAYER]).layer(LAYER)
+    diff = runs["neuron_patch_max"] - runs["layer_signed_max"]
+    torch.testing.assert_close(diff[:, -1], predicted, atol=1e-5, rtol=1e-4)
+    assert float(diff[:, :-1].abs().max()) < 1e-6
+    assert float(predicted.norm(dim=1).min()) > 0.1
+
+
+def test_signed_max_keeps_the_sign_and_breaks_ties_to_the_min():
+    h = torch.tensor([[[1.0, -3.0], [2.0, 0.5]], [[4.0, -4.0], [0.0, 1.0]], [[-0.1, 0.2], [0.0, 0.0]]])
+    assert R.signed_max(h).tolist() == pytest.approx([-3.0, -4.0, 0.2])
+
+
+def _clip_like(norm_pre_bias: float = 0.5):
+    """OpenCLIP's timm class at toy size, random weights, ``norm_pre`` with a bias."""
+    import timm
+
+    from vitreg_lib.models import LoadedModel, ModelSpec
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_clip_224", pretrained=False, img_size=64, depth=2,
+                              embed_dim=48, num_heads=2, dynamic_img_size=True).eval()
+    with torch.no_grad():
+        model.norm_pre.bias.normal_(0, norm_pre_bias)
+    spec = ModelSpec("clip_toy", "pretrained", "vit_base_patch16_clip_224", "OpenCLIP", 0)
+    return LoadedModel(spec, model, (0.5,) * 3, (0.5,) * 3, 64)
+
+
+def test_the_zero_token_enters_norm_pre_as_the_authors_place_it():
+    lm = _clip_like()
+    seen = []
+    grab = lm.model.blocks[0].register_forward_pre_hook(lambda _m, inp: seen.append(inp[0][:, -1].clone()))
+    xb = torch.randn(2, 3, 64, 64)
+    out = {}
+    for position in R.POSITIONS:
+        with R.add_test_time_registers(lm, {0: [1, 2]}, position=position) as m:
+            out[position] = extract(m, xb, layers=[-1]).layer(-1)
+    grab.remove()
+    before, after = seen
+    torch.testing.assert_close(before, lm.model.norm_pre.bias.expand(2, -1))  # LayerNorm(0) = its bias
+    assert torch.equal(after, torch.zeros_like(after))
+    assert float((out["before_norm_pre"] - out["after_norm_pre"]).abs().max()) > 1e-3
+
+
+def test_both_placements_are_the_same_without_norm_pre(x):
+    lm = planted_three(registers=2)  # timm's norm_pre is the identity here, as in DINOv2
+    out = []
+    for position in R.POSITIONS:
+        with R.add_test_time_registers(lm, {LAYER: sorted(SCALES)}, position=position) as m:
+            out.append(extract(m, x, layers="all"))
+    assert all(torch.equal(out[0].layer(i), out[1].layer(i)) for i in range(4))
+
+
+def authors_search(lm, x, cut: float, detect: int, max_layer: int, below=0.5, frac=0.5):
+    """The authors' search written from their description: one image at a time; outliers =
+    every token (any kind) whose norm at ``detect`` is above ``cut``; per layer, the mean
+    |activation| at the outliers times the sparsity mask; averaged over the images with
+    an outlier. Returns (scores [layers, hidden], images used)."""
+    total, used = 0, 0
+    for img in x:
+        f = extract(lm, img[None], layers=[detect], mlp=list(range(max_layer + 1)))
+        where = torch.where(f.layer(detect)[0].norm(dim=-1) > cut)[0]
+        if len(where) == 0:
+            continue
+        rows = []
+        for layer in range(max_layer + 1):
+            act = f.mlp_hidden(layer)[0]  # [N, H]
+            sparse = (act < below).sum(dim=0) >= frac * act.shape[0]
+            rows.append(act[where].abs().mean(dim=0) * sparse)
+        total, used = total + torch.stack(rows), used + 1
+    return total / used, used
+
+
+@pytest.fixture
+def recorded_test_family(monkeypatch):
+    """Record a cut for the tiny models' family, as paper.JIANG_SEARCH does for DINOv2."""
+    from vitreg_lib import paper
+
+    def record(cut: float):
+        monkeypatch.setitem(paper.JIANG_SEARCH, "test", dict(
+            set_for="tiny", depth=4, norm_cut=cut, detect_layer=-1, highest_layer=2, top_k=3,
+            sparsity={"below": 0.5, "min_fraction": 0.5}))
+    return record
+
+
+def test_the_default_search_is_the_authors(recorded_test_family, x):
+    lm = planted_three(registers=2)
+    norms = token_norms(extract(lm, x, layers=[-1]).layer(-1))
+    cut = float(norms.median() * 2.5)
+    recorded_test_family(cut)
+    found = R.find_register_neurons(lm, x, batch_size=4)  # batches of 4 and 2
+    ref, used = authors_search(lm, x, cut, detect=3, max_layer=2)
+    np.testing.assert_allclose(found.scores, ref.numpy(), rtol=1e-6, atol=1e-7)
+    assert found.n_used == used and found.tokens == "all" and found.rule == f"norm > {cut:g}"
+    order = torch.argsort(ref.flatten(), descending=True, stable=True)[:3].tolist()
+    assert found.neurons == [tuple(int(v) for v in np.unravel_index(i, ref.shape)) for i in order]
+    assert {u for layer, u in found.neurons if layer == LAYER} == set(SCALES)
+    assert "Jiang et al." in found.protocol and "sparsity filter" in found.sparsity
+
+
+def test_cls_counts_as_an_outlier_in_the_authors_search(recorded_test_family, x):
+    """Tokens of any kind are flagged: a high-norm [CLS] alone is enough."""
+    lm = tiny(img_size=32, depth=4, registers=0)
+    with torch.no_grad():
+        lm.model.cls_token.normal_(0, 10)
+    norms = token_norms(extract(lm, x, layers=[-1]).layer(-1))
+    assert float(norms[:, 0].min()) > 5 * float(norms[:, 1:].max())
+    recorded_test_family(float(norms[:, 1:].max()) * 2)
+    found = R.find_register_neurons(lm, x)
+    assert found.n_used == len(x) and found.outlier_fraction == pytest.approx(1 / 65)
+    with pytest.raises(ValueError, match="flagged no token"):  # the same cut over the patches only
+        R.find_register_neurons(lm, x, tokens="patches")
+    deeper = tiny(img_size=32, depth=5, registers=0)  # the recorded settings are for 4 blocks
+    with pytest.raises(ValueError, match="set for tiny \\(4 blocks\\); tiny_r0 has 5"):
+        R.find_register_neurons(deeper, x)
+    with torch.no_grad():
+        deeper.model.cls_token.normal_(0, 10)
+    found = R.find_register_neurons(deeper, x, max_layer=2)  # their cut, at our own risk
+    assert "set for tiny" in found.protocol and found.n_used == len(x)
+
+
+def test_jaccard_against_the_authors_dinov2_list():
+    from vitreg_lib.paper import JIANG_DINOV2_L_NEURONS, jiang_neurons
+
+    same = R.jaccard_by_layer(jiang_neurons())
+    assert (same["jaccard"] == 1).all() and same["layer"].tolist() == [12, 13, 14, 15, 16, 17, "all"]
+    changed = [n for n in jiang_neurons() if n != (17, 464)] + [(17, 1), (3, 9)]
+    t = R.jaccard_by_layer(changed).set_index("layer")
+    assert t.loc[17, "jaccard"] == pytest.approx(16 / 18) and t.loc[3, "jaccard"] == 0
+    assert t.loc["all", "shared"] == 44 and t.loc["all", "jaccard"] == pytest.approx(44 / 47)
+    assert R.jaccard_by_layer({17: JIANG_DINOV2_L_NEURONS[17]}).set_index("layer").loc[16, "jaccard"] == 0
+
+
+def test_the_authors_settings_are_recorded_with_their_source():
+    from vitreg_lib.paper import JIANG_DINOV2_L_NEURONS, JIANG_SEARCH, JIANG_SOURCE, PAPER
+
+    counts = {k: len(v) for k, v in JIANG_DINOV2_L_NEURONS.items()}
+    assert counts == {17: 17, 16: 9, 15: 9, 14: 8, 13: 1, 12: 1}
+    d, c = JIANG_SEARCH["DINOv2"], JIANG_SEARCH["OpenCLIP"]
+    assert (d["norm_cut"], d["detect_layer"], d["highest_layer"], d["top_k"]) == (150, -2, 17, 45)
+    assert (c["norm_cut"], c["detect_layer"], c["highest_layer"], c["top_k"]) == (30, -1, 5, 10)
+    assert len(JIANG_SOURCE["commit"]) == 40 and JIANG_SOURCE["repository"].endswith("test-time-registers")
+    rc = PAPER["register_content"]
+    assert rc["zero_registers_drop_pp"] == {"classification": 36.6, "segmentation": 30.9}
+    assert "2604.14433" in rc["source"]

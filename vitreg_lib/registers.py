@@ -9,21 +9,55 @@ kind), :func:`register_overlap` (do the registers attend to different places?),
 for an architecture with 0..N registers, built on the ``meta`` device, so the cost of
 registers is measured and not estimated.
 
-Test-time registers (Jiang et al., 2025, T1) need no training:
+Test-time registers (Jiang, Dravid, Efros & Gandelsman, 2025, T1) need no training. By
+default this module does what the authors' code does (``nickjiang2378/test-time-registers``
+at the commit in :data:`vitreg_lib.paper.JIANG_SOURCE`, read line by line), and says
+where it departs:
 
-1. :func:`find_register_neurons` — for each MLP hidden unit (post-nonlinearity, the
-   input of ``mlp.fc2``) in layers ``0..max_layer``, the mean ``|activation|`` over the
-   outlier patches of each image, averaged over the images that have outliers; the
-   ``top_k`` units are the *register neurons*. Outlier patches are found at
-   ``detect_layer`` (default: the second-to-last block, as Jiang et al. do for DINOv2)
-   by a rule from :mod:`vitreg_lib.outliers` (default ``mean + 3·std``), applied to
-   **each image's own patch norms** (so the search streams over batches).
-2. :func:`add_test_time_registers` — appends ``n_tokens`` zero tokens without position
-   embedding after the patches; in each layer holding register neurons, each such
-   neuron's activation on the extra tokens is set to its **maximum over that image's
-   patches** and set to zero on the patches. Batched: every image gets its own maxima
-   (the reference code edits only batch element 0). The returned handle removes every
-   hook and patch it added; the model then gives exactly its old output.
+1. :func:`find_register_neurons` — outliers are the tokens of **any** kind ([CLS]
+   included) whose norm at ``detect_layer`` is strictly above the model family's fixed
+   cut (:data:`vitreg_lib.paper.JIANG_SEARCH`: DINOv2 > 150 at block -2, OpenCLIP > 30 at
+   the last block, from the authors' configs). A unit's score in an image is its mean
+   ``|activation|`` (post-nonlinearity, the input of ``mlp.fc2``) over the flagged
+   tokens, times the authors' sparsity filter (:class:`SparsityFilter`); scores are
+   averaged over the images with a flagged token, and the ``top_k`` units of layers
+   ``0..max_layer`` are the *register neurons* (DINOv2: 45 units of layers <= 17; the
+   authors' list is :data:`vitreg_lib.paper.JIANG_DINOV2_L_NEURONS`, and
+   :func:`jaccard_by_layer` compares a found set with it). A family with no recorded cut
+   (DeiT-III, the minis, ...) needs an explicit ``rule``; with one, outliers default to
+   the patches and the filter to off: ``rule=PATCH_MEAN_3STD`` is this library's earlier
+   search (mean + 3·std of each image's own patch norms, no filter), which is **not**
+   the authors' rule.
+2. :func:`add_test_time_registers` — appends ``n_tokens`` zero tokens (no position
+   embedding) after the patches, by default *before* ``norm_pre`` as the authors do for
+   OpenCLIP (their zero token enters ``ln_pre``, so it reaches the first block as
+   ``ln_pre``'s bias; DINOv2 has no ``norm_pre``, so both placements are the same). In
+   each layer holding register neurons, the listed units are zeroed on the patches and,
+   on every extra token, set to ``value``:
+
+   * ``"layer_signed_max"`` (default, the authors' code): ONE number per image and
+     layer, the signed maximum (the max or the min, whichever is larger in magnitude;
+     a tie takes the min) of the listed units' activations over ALL tokens of the image
+     ([CLS], trained registers, patches and the extra tokens) and ALL listed units of
+     that layer. The code's own comment speaks of each neuron's maximum across patches,
+     which is not what it computes;
+   * ``"neuron_patch_max"`` (this library's earlier rule): each listed unit its own
+     maximum over the image's patches.
+
+   Measured on a random-weight ``vit_base_patch16_clip_224`` (OpenCLIP's timm class,
+   224 px, 8 noise images, 10 units of layers <= 5 found with ``Percentile(99)`` over
+   all tokens at the last block): with timm's init ``norm_pre``'s bias is 0 and the two
+   placements are bit-identical; with a random bias of 0.02, 0.1 or 0.5 per dimension,
+   the last block's patches and [CLS] move by a median 0.43-0.54 % of their norm (max
+   0.63 %), and the extra token itself by 75-99 %: a zero vector enters every LayerNorm
+   as that norm's bias, a small non-zero one is scaled up to unit variance. How much the
+   pretrained ``ln_pre`` bias moves the patches must be measured on the real weights.
+
+   [CLS] and trained registers keep their activations. The authors' hook edits batch
+   element 0 only (``output[0, ...]``); here **every image of a batch** is edited with
+   its own values, so a batch gives what its images give one at a time. The returned
+   handle removes every hook and patch it added; the model then gives exactly its old
+   output.
 
 While applied, the fix lives in the module itself, so every forward pass (``model(x)``,
 ``forward_features``, :func:`vitreg_lib.features.extract`) sees it, and the handle's
@@ -61,8 +95,13 @@ from .outliers import (
     token_norms,
 )
 
-#: Jiang et al.'s outlier rule for the neuron search
-DEFAULT_RULE = MeanStd(3)
+#: mean + 3·std of each image's own patch norms: this library's earlier outlier rule for
+#: the neuron search (``find_register_neurons(..., rule=PATCH_MEAN_3STD)``) and the second
+#: outlier column of :func:`ablation`. NOT Jiang et al.'s rule: they cut at a fixed norm
+#: (:data:`vitreg_lib.paper.JIANG_SEARCH`), which is the search's default.
+PATCH_MEAN_3STD = MeanStd(3)
+#: the name chapters 6 and 7 use; the same rule as :data:`PATCH_MEAN_3STD`
+DEFAULT_RULE = PATCH_MEAN_3STD
 
 
 # --------------------------------------------------------------------------- trained registers
@@ -171,11 +210,17 @@ def _count_flops(model: torch.nn.Module, size: int, device) -> int:
 
 @dataclass(frozen=True)
 class SparsityFilter:
-    """Keep a unit (in one image) only if at least ``min_fraction`` of the image's tokens
-    have an activation below ``below`` — register neurons are silent almost everywhere."""
+    """The authors' sparsity filter (``apply_sparsity_filter`` in their
+    ``shared/algorithms.py``, on in their search): in each image and layer, a unit's
+    score counts only if at least ``min_fraction`` of the image's tokens (all of them)
+    have an activation below ``below``; otherwise it is 0 for that image. Register
+    neurons are silent almost everywhere."""
 
     min_fraction: float = 0.5
     below: float = 0.5
+
+    def describe(self) -> str:
+        return f"sparsity filter (>= {self.min_fraction:g} of tokens below {self.below:g})"
 
 
 @dataclass
@@ -184,12 +229,15 @@ class RegisterNeurons:
 
     model_name: str
     neurons: list[tuple[int, int]]  # (layer, unit), highest score first
-    scores: np.ndarray  # [max_layer + 1, hidden]: mean |activation| at outlier patches
+    scores: np.ndarray  # [max_layer + 1, hidden]: mean |activation| at the flagged tokens
     detect_layer: int
     rule: str
     n_images: int  # images searched
-    n_used: int  # images with at least one outlier patch (the average runs over these)
-    outlier_fraction: float  # share of the searched patches the rule flagged
+    n_used: int  # images with at least one flagged token (the average runs over these)
+    outlier_fraction: float  # share of the searched tokens the rule flagged
+    tokens: str = "patches"  # which tokens could be flagged: "all" or "patches"
+    sparsity: str = "none"  # the sparsity filter used, described
+    protocol: str = "explicit rule"  # or "Jiang et al.'s search, settings set for <model>"
 
     @property
     def max_layer(self) -> int:
@@ -211,8 +259,14 @@ class RegisterNeurons:
 
     def describe(self) -> str:
         return (f"{len(self.neurons)} register neurons of {self.model_name} in layers "
-                f"0..{self.max_layer}, outlier patches at layer {self.detect_layer} by "
-                f"'{self.rule}' ({self.n_used} of {self.n_images} images had some)")
+                f"0..{self.max_layer} ({self.protocol}): {self.tokens} tokens flagged at layer "
+                f"{self.detect_layer} by '{self.rule}', {self.sparsity} ({self.n_used} of "
+                f"{self.n_images} images had some)")
+
+
+#: register neurons as every function here takes them: a search result, ``{layer: [units]}``
+#: or ``[(layer, unit)]``
+NeuronSet = RegisterNeurons | Mapping[int, Sequence[int]] | Iterable[tuple[int, int]]
 
 
 def _as_batch(lm: LoadedModel, images) -> torch.Tensor:
@@ -224,27 +278,106 @@ def _as_batch(lm: LoadedModel, images) -> torch.Tensor:
     raise TypeError("images must be a [B, 3, H, W] tensor or a list of PIL images.")
 
 
+@dataclass(frozen=True)
+class _Search:
+    rule: Rule
+    tokens: str
+    sparsity: SparsityFilter | None
+    detect_layer: int
+    max_layer: int
+    top_k: int
+    protocol: str
+
+
+def _search_settings(lm: LoadedModel, max_layer, top_k, detect_layer, rule, tokens, sparsity) -> _Search:
+    """Fill what the caller left ``None`` from the authors' settings for the model's family
+    (``rule=None``) or from this library's explicit-rule defaults."""
+    from .outliers import Absolute
+    from .paper import JIANG_SEARCH, jiang_search
+
+    if rule is None:
+        rec = jiang_search(lm.spec.family)
+        if rec is None:
+            raise ValueError(
+                f"{lm.name} (family {lm.spec.family!r}) has no recorded norm cut: Jiang et al. "
+                f"published cuts for {', '.join(JIANG_SEARCH)} only. Pass an explicit rule, e.g. "
+                "rule=registers.PATCH_MEAN_3STD (mean + 3·std of each image's own patch norms) "
+                "or rule=outliers.Absolute(cut).")
+        depth = len(lm.model.blocks)
+        if depth != rec["depth"] and max_layer is None:
+            raise ValueError(
+                f"Jiang et al.'s {lm.spec.family} settings were set for {rec['set_for']} "
+                f"({rec['depth']} blocks); {lm.name} has {depth}. Pass max_layer (and top_k) to use "
+                f"their norm cut ({rec['norm_cut']:g}) anyway, or an explicit rule.")
+        defaults = dict(rule=Absolute(rec["norm_cut"]), tokens="all", sparsity=SparsityFilter(
+            **rec["sparsity"]), detect_layer=rec["detect_layer"], max_layer=rec["highest_layer"],
+            top_k=rec["top_k"], protocol=f"Jiang et al.'s search, settings set for {rec['set_for']}")
+    else:
+        if max_layer is None:
+            raise ValueError("With an explicit rule, pass max_layer (the last layer searched).")
+        defaults = dict(rule=rule, tokens="patches", sparsity=None, detect_layer=-2, max_layer=max_layer,
+                        top_k=10, protocol="explicit rule")
+    given = dict(tokens=tokens, detect_layer=detect_layer, max_layer=max_layer, top_k=top_k)
+    settings = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    if sparsity is not None:
+        settings["sparsity"] = (SparsityFilter() if sparsity is True else sparsity or None)
+    if settings["tokens"] not in ("all", "patches"):
+        raise ValueError(f"tokens must be 'all' or 'patches', got {settings['tokens']!r}.")
+    return _Search(**settings)
+
+
+def _check_layers(lm: LoadedModel, search: _Search) -> _Search:
+    depth = len(lm.model.blocks)
+    for name in ("max_layer", "detect_layer"):
+        value = getattr(search, name)
+        if not -depth <= value < depth:
+            raise IndexError(f"{name}={value} is out of range for {lm.name} ({depth} blocks).")
+    if search.top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {search.top_k}.")
+    return dataclasses.replace(search, max_layer=search.max_layer % depth,
+                               detect_layer=search.detect_layer % depth)
+
+
+def _batch_scores(feats: Features, search: _Search, layers: list[int]):
+    """Per-image scores ``[b, len(layers), hidden]`` of the images with a flagged token,
+    and the flag mask of every image ``[B, tokens]``."""
+    part = slice(None) if search.tokens == "all" else feats.layout.patch_slice
+    norms = as_numpy(token_norms(feats.layer(search.detect_layer)[:, part]))  # [B, T]
+    mask = np.stack([n > search.rule.threshold(n) for n in norms])  # each image its own rule
+    keep = torch.from_numpy(mask.any(axis=1))
+    m = torch.from_numpy(mask)[keep].double()  # [b, T]
+    out = []
+    for i in layers:
+        h = feats.mlp_hidden(i)[keep].double()  # [b, N, H], all tokens
+        score = torch.einsum("bt,bth->bh", m, h[:, part].abs()) / m.sum(dim=1, keepdim=True)
+        if search.sparsity is not None:
+            quiet = (h < search.sparsity.below).double().mean(dim=1)  # [b, H]
+            score = score * (quiet >= search.sparsity.min_fraction)
+        out.append(score)
+    return torch.stack(out, dim=1), mask
+
+
 def find_register_neurons(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image], *,
-                          max_layer: int, top_k: int = 10, detect_layer: int = -2,
-                          rule: Rule = DEFAULT_RULE, sparsity: SparsityFilter | None = None,
+                          max_layer: int | None = None, top_k: int | None = None,
+                          detect_layer: int | None = None, rule: Rule | None = None,
+                          tokens: str | None = None, sparsity: SparsityFilter | bool | None = None,
                           batch_size: int = 8, progress: bool | None = None) -> RegisterNeurons:
     """Rank the MLP units of layers ``0..max_layer`` by their mean ``|activation|`` at
-    outlier patches and keep the ``top_k`` (see the module docstring).
+    outlier tokens and keep the ``top_k`` (see the module docstring).
 
-    Needs at least one image in which ``rule`` flags a patch at ``detect_layer``;
-    otherwise raises ``ValueError`` saying what to change.
+    ``rule=None`` (default): the authors' search for ``lm``'s family
+    (:data:`vitreg_lib.paper.JIANG_SEARCH`: fixed norm cut, ``tokens="all"``, sparsity
+    filter on, their ``detect_layer``, ``max_layer`` and ``top_k``); a family with none
+    recorded raises ``ValueError``. An explicit ``rule`` is applied to each image's own
+    norms, with ``tokens="patches"``, no sparsity filter, ``detect_layer=-2``,
+    ``top_k=10`` unless given; ``max_layer`` is then required. ``sparsity``: a
+    :class:`SparsityFilter`, ``True`` (the authors' 0.5 / 0.5) or ``False`` (off).
+    Needs at least one image in which a token is flagged; otherwise ``ValueError``.
     """
-    depth = len(lm.model.blocks)
-    if not -depth <= max_layer < depth:
-        raise IndexError(f"max_layer={max_layer} is out of range for {lm.name} ({depth} blocks).")
-    if not -depth <= detect_layer < depth:
-        raise IndexError(f"detect_layer={detect_layer} is out of range for {lm.name} ({depth} blocks).")
-    max_layer %= depth
-    detect_layer %= depth
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}.")
+    search = _check_layers(lm, _search_settings(lm, max_layer, top_k, detect_layer, rule, tokens,
+                                                sparsity))
     x = _as_batch(lm, images)
-    layers = list(range(max_layer + 1))
+    layers = list(range(search.max_layer + 1))
     total = torch.zeros(len(layers), lm.model.blocks[0].mlp.fc2.in_features, dtype=torch.float64)
     n_used = flagged = searched = 0
     from tqdm.auto import tqdm
@@ -252,34 +385,46 @@ def find_register_neurons(lm: LoadedModel, images: torch.Tensor | Sequence[Image
     batches = list(torch.split(x, batch_size))
     show = len(batches) > 1 if progress is None else progress
     for xb in tqdm(batches, desc=f"register neurons {lm.name}", disable=not show):
-        feats = extract(lm, xb, layers=[detect_layer], mlp=layers, batch_size=len(xb), progress=False)
-        norms = as_numpy(token_norms(feats.patches(detect_layer)))  # [B, P]
-        mask = np.stack([n > rule.threshold(n) for n in norms])  # each image its own rule
-        searched += mask.size
-        flagged += int(mask.sum())
-        keep = torch.from_numpy(mask.any(axis=1))
-        if not keep.any():
-            continue
-        n_used += int(keep.sum())
-        m = torch.from_numpy(mask)[keep].double()  # [b, P]
-        for j, i in enumerate(layers):
-            h = feats.mlp_hidden(i)[keep].double()  # [b, N, H], all tokens
-            score = torch.einsum("bp,bph->bh", m, h[:, feats.layout.patch_slice].abs())
-            score = score / m.sum(dim=1, keepdim=True)  # mean over each image's outliers
-            if sparsity is not None:
-                quiet = (h < sparsity.below).double().mean(dim=1)  # [b, H]
-                score = score * (quiet >= sparsity.min_fraction)
-            total[j] += score.sum(dim=0)
+        feats = extract(lm, xb, layers=[search.detect_layer], mlp=layers, batch_size=len(xb),
+                        progress=False)
+        scores, mask = _batch_scores(feats, search, layers)
+        searched, flagged = searched + mask.size, flagged + int(mask.sum())
+        n_used += len(scores)
+        total += scores.sum(dim=0)
     if not n_used:
         raise ValueError(
-            f"'{rule.describe()}' flagged no patch at layer {detect_layer} of {lm.name} in "
-            f"{len(x)} images, so there is nothing to average over. Use more images, a later "
-            "detect_layer, or a looser rule (e.g. outliers.MeanStd(2)).")
+            f"'{search.rule.describe()}' flagged no token ({search.tokens}) at layer "
+            f"{search.detect_layer} of {lm.name} in {len(x)} images, so there is nothing to "
+            "average over. Use more images, another detect_layer, or a looser rule "
+            "(e.g. outliers.MeanStd(2)).")
     scores = as_numpy(total / n_used)
-    order = np.argsort(-scores, axis=None, kind="stable")[:top_k]
+    order = np.argsort(-scores, axis=None, kind="stable")[:search.top_k]
     neurons = [tuple(int(v) for v in np.unravel_index(i, scores.shape)) for i in order]
-    return RegisterNeurons(lm.name, neurons, scores, detect_layer, rule.describe(),
-                           n_images=len(x), n_used=n_used, outlier_fraction=flagged / max(searched, 1))
+    return RegisterNeurons(lm.name, neurons, scores, search.detect_layer, search.rule.describe(),
+                           n_images=len(x), n_used=n_used, outlier_fraction=flagged / max(searched, 1),
+                           tokens=search.tokens, protocol=search.protocol,
+                           sparsity=search.sparsity.describe() if search.sparsity else "no sparsity filter")
+
+
+def jaccard_by_layer(found: NeuronSet, reference: NeuronSet | None = None) -> pd.DataFrame:
+    """Per-layer overlap of a set of register neurons with a reference set (default: the
+    authors' DINOv2 ViT-L/14 list, :data:`vitreg_lib.paper.JIANG_DINOV2_L_NEURONS`): one
+    row per layer that either set uses (``found``, ``reference``, ``shared`` unit counts
+    and the Jaccard index shared / union), then a row ``"all"`` over (layer, unit) pairs."""
+    from .paper import JIANG_DINOV2_L_NEURONS
+
+    a = _neuron_map(found)
+    b = _neuron_map(JIANG_DINOV2_L_NEURONS if reference is None else reference)
+    rows = []
+    for layer in sorted(set(a) | set(b)):
+        sa, sb = set(a.get(layer, ())), set(b.get(layer, ()))
+        rows.append(dict(layer=layer, found=len(sa), reference=len(sb), shared=len(sa & sb),
+                         jaccard=len(sa & sb) / len(sa | sb)))
+    pa = {(la, u) for la, us in a.items() for u in us}
+    pb = {(la, u) for la, us in b.items() for u in us}
+    rows.append(dict(layer="all", found=len(pa), reference=len(pb), shared=len(pa & pb),
+                     jaccard=len(pa & pb) / len(pa | pb) if pa | pb else float("nan")))
+    return pd.DataFrame(rows)
 
 
 def neuron_maps(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
@@ -323,6 +468,11 @@ def register_overlap(features: Features, layer) -> float:
 
 _MARK = "_vitreg_test_time_registers"
 
+#: what :func:`add_test_time_registers` writes on the extra tokens (see the module docstring)
+VALUES = ("layer_signed_max", "neuron_patch_max")
+#: where the zero tokens join the sequence: before ``norm_pre`` (the authors) or after it
+POSITIONS = ("before_norm_pre", "after_norm_pre")
+
 
 class TestTimeRegisters:
     """Handle of an applied test-time-register fix (see :func:`add_test_time_registers`).
@@ -333,10 +483,13 @@ class TestTimeRegisters:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, lm: LoadedModel, neurons: dict[int, list[int]], n_tokens: int):
+    def __init__(self, lm: LoadedModel, neurons: dict[int, list[int]], n_tokens: int,
+                 value: str = VALUES[0], position: str = POSITIONS[0]):
         self.base = lm
         self.neurons = neurons
         self.n_tokens = n_tokens
+        self.value = value
+        self.position = position
         spec = dataclasses.replace(lm.spec, name=f"{lm.name}+ttr{n_tokens}",
                                    note=f"{lm.spec.note or lm.name} + {n_tokens} test-time register(s)")
         self.model = dataclasses.replace(lm, spec=spec, extra_tokens=lm.extra_tokens + n_tokens)
@@ -369,7 +522,7 @@ class TestTimeRegisters:
 def _neuron_map(neurons) -> dict[int, list[int]]:
     if isinstance(neurons, RegisterNeurons):
         return neurons.by_layer()
-    if isinstance(neurons, dict):
+    if isinstance(neurons, Mapping):
         return {int(k): [int(u) for u in v] for k, v in sorted(neurons.items())}
     out: dict[int, list[int]] = {}
     for layer, unit in neurons:
@@ -377,28 +530,14 @@ def _neuron_map(neurons) -> dict[int, list[int]]:
     return dict(sorted(out.items()))
 
 
-def add_test_time_registers(lm: LoadedModel,
-                            neurons: RegisterNeurons | dict[int, list[int]] | Iterable[tuple[int, int]],
-                            n_tokens: int = 1) -> TestTimeRegisters:
-    """Apply test-time registers to ``lm`` in place and return the handle.
-
-    ``neurons``: a :class:`RegisterNeurons`, ``{layer: [units]}`` or ``[(layer, unit)]``.
-    Use as ``with add_test_time_registers(lm, neurons) as fixed: extract(fixed, ...)``,
-    or keep the handle and call ``.remove()``.
-    """
-    model = lm.model
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}.")
-    if getattr(model, _MARK, None) is not None:
-        raise RuntimeError(f"{lm.name} already has test-time registers; remove() them first.")
-    by_layer = _neuron_map(neurons)
+def _check_neurons(lm: LoadedModel, by_layer: dict[int, list[int]]) -> None:
     if not by_layer:
         raise ValueError("No register neurons given: nothing to move.")
-    depth = len(model.blocks)
+    depth = len(lm.model.blocks)
     for layer, units in by_layer.items():
         if not 0 <= layer < depth:
             raise IndexError(f"Layer {layer} is out of range for {lm.name} ({depth} blocks).")
-        fc2 = getattr(getattr(model.blocks[layer], "mlp", None), "fc2", None)
+        fc2 = getattr(getattr(lm.model.blocks[layer], "mlp", None), "fc2", None)
         if not isinstance(fc2, torch.nn.Linear):
             raise TypeError(f"Block {layer} of {lm.name} has no mlp.fc2 linear layer; "
                             "test-time registers need a timm MLP.")
@@ -407,32 +546,75 @@ def add_test_time_registers(lm: LoadedModel,
             raise IndexError(f"Units {bad} are out of range for layer {layer} "
                              f"({fc2.in_features} hidden units).")
 
-    handle = TestTimeRegisters(lm, by_layer, n_tokens)
+
+def signed_max(h: torch.Tensor) -> torch.Tensor:
+    """Per image, the max or the min of ``h`` ``[B, ...]`` over everything but the batch
+    dimension, whichever is larger in magnitude (a tie takes the min, as the authors'
+    ``sign_max`` does): ``[B]``."""
+    flat = h.reshape(h.shape[0], -1)
+    top, bottom = flat.amax(dim=1), flat.amin(dim=1)
+    return torch.where(top.abs() > bottom.abs(), top, bottom)
+
+
+def _mover(units: list[int], prefix: int, n_tokens: int, value: str):
+    """The pre-hook of ``mlp.fc2`` that moves ``units`` onto the last ``n_tokens`` tokens."""
+    idx = torch.tensor(units)
+
+    def hook(_module, inputs):
+        h = inputs[0]
+        i = idx.to(h.device)
+        patches = slice(prefix, h.shape[1] - n_tokens)
+        if value == "layer_signed_max":  # one number per image: all tokens, all listed units
+            written = signed_max(h[:, :, i])[:, None, None].to(h.dtype)
+        else:  # each unit its own maximum over the patches
+            written = h[:, patches][:, :, i].amax(dim=1)[:, None, :]
+        h = h.clone()
+        h[:, patches, i] = 0
+        h[:, h.shape[1] - n_tokens:, i] = written.expand(h.shape[0], n_tokens, len(units))
+        return (h, *inputs[1:])
+
+    return hook
+
+
+def add_test_time_registers(lm: LoadedModel, neurons: NeuronSet, n_tokens: int = 1, *,
+                            value: str = "layer_signed_max",
+                            position: str = "before_norm_pre") -> TestTimeRegisters:
+    """Apply test-time registers to ``lm`` in place and return the handle.
+
+    ``neurons``: a :class:`RegisterNeurons`, ``{layer: [units]}`` or ``[(layer, unit)]``.
+    ``value``: what the extra tokens get, ``"layer_signed_max"`` (the authors' code) or
+    ``"neuron_patch_max"``; ``position``: ``"before_norm_pre"`` (the authors) or
+    ``"after_norm_pre"`` (see the module docstring; they differ only where ``norm_pre``
+    is not the identity, e.g. OpenCLIP). Every image of a batch is edited.
+    Use as ``with add_test_time_registers(lm, neurons) as fixed: extract(fixed, ...)``,
+    or keep the handle and call ``.remove()``.
+    """
+    model = lm.model
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}.")
+    if value not in VALUES:
+        raise ValueError(f"value must be one of {VALUES}, got {value!r}.")
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}.")
+    if getattr(model, _MARK, None) is not None:
+        raise RuntimeError(f"{lm.name} already has test-time registers; remove() them first.")
+    by_layer = _neuron_map(neurons)
+    _check_neurons(lm, by_layer)
+    handle = TestTimeRegisters(lm, by_layer, n_tokens, value, position)
     prefix = lm.layout().num_prefix
 
-    def append(_module, _inputs, x):
+    def zeros(x):
         return torch.cat([x, x.new_zeros(x.shape[0], n_tokens, x.shape[-1])], dim=1)
 
-    def mover(units: list[int]):
-        idx = torch.tensor(units)
-
-        def hook(_module, inputs):
-            h = inputs[0]
-            i = idx.to(h.device)
-            patches = slice(prefix, h.shape[1] - n_tokens)
-            peak = h[:, patches][:, :, i].amax(dim=1)  # [B, units]: each image its own maxima
-            h = h.clone()
-            h[:, patches, i] = 0
-            h[:, h.shape[1] - n_tokens:, i] = peak[:, None, :]
-            return (h, *inputs[1:])
-
-        return hook
-
     try:
-        handle._handles.append(model.norm_pre.register_forward_hook(append))
+        if position == "before_norm_pre":  # the zero token goes through norm_pre
+            hook = model.norm_pre.register_forward_pre_hook(lambda _m, inputs: (zeros(inputs[0]),))
+        else:
+            hook = model.norm_pre.register_forward_hook(lambda _m, _inputs, x: zeros(x))
+        handle._handles.append(hook)
         for layer, units in by_layer.items():
-            handle._handles.append(
-                model.blocks[layer].mlp.fc2.register_forward_pre_hook(mover(units)))
+            handle._handles.append(model.blocks[layer].mlp.fc2.register_forward_pre_hook(
+                _mover(units, prefix, n_tokens, value)))
         head = model.forward_head
 
         def forward_head(x, *args, **kwargs):  # logits ignore the extra tokens
