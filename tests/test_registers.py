@@ -477,3 +477,162 @@ def test_the_authors_settings_are_recorded_with_their_source():
     rc = PAPER["register_content"]
     assert rc["zero_registers_drop_pp"] == {"classification": 36.6, "segmentation": 30.9}
     assert "2604.14433" in rc["source"]
+
+
+# --------------------------------------------------------------------------- register-content controls
+
+@pytest.fixture
+def reg2():
+    return tiny(registers=2, img_size=16, depth=3)
+
+
+@pytest.fixture
+def many():
+    torch.manual_seed(3)
+    return torch.randn(40, 3, 16, 16)
+
+
+@pytest.mark.parametrize("target", ["registers", "cls"])
+def test_zeros_zero_the_target_at_every_block_output(target, reg2, images):
+    from vitreg_lib.controls import replace_tokens
+
+    clean = extract(reg2, images, layers="all")
+    with replace_tokens(reg2, "zeros", target) as m:
+        f = extract(m, images, layers="all")
+    for layer in range(3):
+        parts = f.layout.split(f.layer(layer))
+        assert torch.equal(parts[target], torch.zeros_like(parts[target]))
+    other = "cls" if target == "registers" else "registers"  # block 0's other tokens are untouched
+    torch.testing.assert_close(f.layout.split(f.layer(0))[other], clean.layout.split(clean.layer(0))[other])
+    assert not torch.equal(f.layer(2), clean.layer(2))
+
+
+def test_the_extra_token_of_test_time_registers_can_be_replaced(images):
+    from vitreg_lib.controls import replace_tokens
+
+    lm = tiny(registers=0, img_size=16, depth=3)
+    with R.add_test_time_registers(lm, {1: [0, 3]}) as fixed, replace_tokens(fixed, "zeros", "extra") as m:
+        f = extract(m, images, layers="all")
+    assert f.layout.extra == 1
+    assert all(torch.equal(f.layout.split(f.layer(i))["extra"], torch.zeros(5, 1, 32)) for i in range(3))
+
+
+def test_calibration_and_the_mean_control(reg2, many, images):
+    from vitreg_lib.controls import calibrate, replace_tokens
+
+    cal = calibrate(reg2, many, batch_size=16)  # batches of 16, 16, 8
+    clean = extract(reg2, many, layers="all")
+    for layer in range(3):
+        r = clean.registers(layer).double()
+        torch.testing.assert_close(cal.mean[layer], r.mean(dim=0).float(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cal.var[layer], r.var(dim=0, unbiased=False).float(), atol=1e-5, rtol=1e-4)
+    with replace_tokens(reg2, "mean", calibration=cal) as m:
+        f = extract(m, images, layers="all")
+    for layer in range(3):
+        torch.testing.assert_close(f.registers(layer), cal.mean[layer].expand(5, -1, -1))
+
+
+def test_the_noise_control_matches_the_calibration_and_is_seeded(reg2, many):
+    from vitreg_lib.controls import calibrate, replace_tokens
+
+    cal = calibrate(reg2, many)
+    x = many.repeat(10, 1, 1, 1)  # 400 draws per dimension
+    runs = []
+    for seed in (0, 0, 1):
+        with replace_tokens(reg2, "noise", calibration=cal, seed=seed) as m:
+            runs.append(extract(m, x, layers="all", batch_size=100))
+    assert torch.equal(runs[0].layer(2), runs[1].layer(2))  # seeded
+    assert not torch.equal(runs[0].layer(2), runs[2].layer(2))
+    for layer in range(3):
+        r = runs[0].registers(layer).double()
+        sd = cal.var[layer].double().sqrt()
+        assert float(((r.mean(dim=0) - cal.mean[layer]) / sd).abs().max()) < 0.3
+        ratio = r.var(dim=0) / cal.var[layer]
+        assert 0.6 < float(ratio.min()) and float(ratio.max()) < 1.4
+
+
+def test_the_shuffle_gives_each_image_another_images_tokens(reg2, images):
+    from vitreg_lib.controls import replace_tokens
+
+    clean = extract(reg2, images, layers=[0])
+    with replace_tokens(reg2, "shuffle") as m:
+        f = extract(m, images, layers=[0])
+        with pytest.raises(RuntimeError, match="at least 2 images"):
+            extract(m, images[:1], layers=[0])
+    perm = [1, 2, 3, 4, 0]  # a fixed derangement: image i gets image i + 1's registers
+    torch.testing.assert_close(f.registers(0), clean.registers(0)[perm])
+    assert all(not torch.allclose(f.registers(0)[i], clean.registers(0)[i]) for i in range(5))
+
+
+@pytest.mark.parametrize("control", ["zeros", "mean", "noise", "shuffle"])
+def test_leaving_a_control_restores_the_model_exactly(control, reg2, images):
+    from vitreg_lib.controls import calibrate, replace_tokens
+
+    cal = calibrate(reg2, images)
+    ref_logits, ref_feats = reg2.model(images), reg2.model.forward_features(images)
+    with replace_tokens(reg2, control, calibration=cal) as m:
+        assert not torch.equal(m.model.forward_features(images), ref_feats)
+    assert _hooks(reg2.model) == 0
+    assert torch.equal(reg2.model(images), ref_logits)
+    assert torch.equal(reg2.model.forward_features(images), ref_feats)
+
+
+def test_controls_refuse_bad_input_clearly(reg2, images):
+    from vitreg_lib.controls import calibrate, control_effects, replace_tokens
+
+    plain = tiny(registers=0, img_size=16)
+    with pytest.raises(ValueError, match="no trained register tokens"):
+        replace_tokens(plain, "zeros")
+    with pytest.raises(ValueError, match="no trained register tokens"):
+        control_effects(plain, images, [0, 1, 0, 1, 0])
+    with pytest.raises(ValueError, match="no test-time registers"):
+        replace_tokens(reg2, "zeros", "extra")
+    with pytest.raises(ValueError, match="no \\[CLS\\]"):
+        replace_tokens(tiny(registers=2, cls_token=False), "zeros", "cls")
+    with pytest.raises(ValueError, match="need calibration"):
+        replace_tokens(reg2, "mean")
+    with pytest.raises(ValueError, match="not of registers"):
+        replace_tokens(reg2, "noise", calibration=calibrate(reg2, images, "cls"))
+    with pytest.raises(ValueError, match="control must be"):
+        replace_tokens(reg2, "ones")
+    assert _hooks(reg2.model) == 0
+
+
+def test_control_effects_is_one_tidy_row_per_control_and_task(reg2):
+    from vitreg_lib.controls import CONTROLS, control_effects, verdict
+
+    torch.manual_seed(4)
+    x = torch.randn(25, 3, 16, 16)
+    labels = (x[:, 0].mean(dim=(1, 2)) > 0).long().numpy()  # learnable from the pixels
+    table = control_effects(reg2, x, labels, batch_size=8)  # 25 = 8 + 8 + 8 + 1: the shuffle needs a fix
+    assert table["control"].tolist() == [c for c in ("none", *CONTROLS) for _ in (0, 1)]
+    assert set(table["task"]) == {"global: linear probe on [CLS]", "dense: position probe on every patch"}
+    assert (table["low"] <= table["value"]).all() and (table["value"] <= table["high"]).all()
+    base = table[table["control"] == "none"]
+    assert (base["change"] == 0).all() and (base["verdict"] == "baseline").all()
+    assert (table["change_low"] <= table["change"]).all() and (table["change"] <= table["change_high"]).all()
+    for r in table[table["control"] != "none"].itertuples():
+        assert r.verdict == verdict(r.change, 1.0, (r.change_low, r.change_high))
+        assert r.value - base.set_index("task").loc[r.task, "value"] == pytest.approx(r.change)
+    assert verdict(-0.4) == "within 1 point" and verdict(-12.34) == "drops by 12.3 points"
+    assert verdict(2.0, tolerance=0.5) == "rises by 2.0 points"
+    assert verdict(-3.0, interval=(-6.0, 0.5)) == "drops by 3.0 points (its 95 % interval holds 0)"
+    cls = control_effects(reg2, x, labels, target="cls", controls=["zeros"], refit=True)
+    assert set(cls["task"]) == {"global: linear probe on mean patch token",
+                                "dense: position probe on every patch"}
+
+
+def test_control_effects_with_lost(reg2):
+    from PIL import Image
+
+    from vitreg_lib.controls import control_effects
+
+    rng = np.random.default_rng(0)
+    pil = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(12)]
+    boxes = [np.array([[0, 0, 8, 8]])] * 12
+    table = control_effects(reg2, pil, [i % 2 for i in range(12)], controls=["zeros"], dense="lost",
+                            boxes=boxes, batch_size=4)
+    lost = table[table["task"] == "dense: LOST object discovery"]
+    assert len(lost) == 2 and lost["metric"].eq("CorLoc (%)").all() and lost["images"].eq(12).all()
+    with pytest.raises(ValueError, match="boxes"):
+        control_effects(reg2, pil, [i % 2 for i in range(12)], dense="lost")
