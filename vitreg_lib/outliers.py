@@ -8,7 +8,8 @@ given, and every result names its rule and parameters:
 * :class:`HistogramGap` — the longest run of empty histogram bins with a minority of
   tokens above it; ``norm`` above the gap is an outlier. No gap -> no outliers
   (``found=False``). This is the "clearly bimodal" test;
-* :class:`MeanStd` — ``norm > mean + k·std`` (k = 3: the course's per-image register-neuron search, not the authors' fixed cut);
+* :class:`MeanStd` — ``norm > mean + k·std`` (k = 3: the course's per-image register-neuron
+  search, not the authors' fixed cut);
 * :class:`Percentile` — ``norm > q-th percentile`` (always flags about ``100 - q`` %;
   useful for ranking, never as evidence that outliers exist).
 """
