@@ -53,5 +53,5 @@ def test_the_intro_shows_the_headline_figure_served_at_a_fixed_address(bench):
     assert (html / build_book.HEADLINE_FILE).is_file()  # the README links to BOOK_URL/headline.png
     intro = (html / "book" / "intro.html").read_text()
     assert "come from the <strong>pretrained</strong> tier" in intro and "publish" in intro
-    assert "headline.png" in intro and "DINOv2 ViT-S/14 with 4 registers" in intro  # the caption names the models
+    assert "headline.png" in intro and "DINOv2 ViT-S/14 with 4 registers" in intro  # caption: the models
     assert "No pretrained build has published" not in intro
