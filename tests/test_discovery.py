@@ -289,3 +289,26 @@ def test_discover_reads_the_keys_of_the_layer_asked_for():
     with pytest.warns(UserWarning, match="degenerated on 2 of 2 images") as caught:
         discovery.discover(lm, photos, k=8, layer=-1, centre_keys=False)
     assert "centre_keys=True" in str(caught[0].message)
+
+
+def test_discover_in_chunks_keeps_the_same_boxes_and_the_norm_maps_of_one_pass():
+    """Chunks bound the memory of a long run (VOC07's 5,011 images) and change nothing; the
+    norm maps come from the same forward pass as the keys."""
+    import warnings
+
+    from vitreg_lib import features, outliers
+    from vitreg_lib.data import make_scenes
+    from vitreg_lib.discovery import discover
+    from vitreg_lib.models import load_model
+
+    lm = load_model("mini_reg4")
+    images = make_scenes(7, seed=5).pil()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a degenerate image or two warns; not the point here
+        whole = discover(lm, images, k=9, norms=True)
+        parts = discover(lm, images, k=9, norms=True, chunk=3)
+        plain = discover(lm, images, k=9)
+    assert np.array_equal(whole.boxes, parts.boxes) and whole.seeds == parts.seeds == plain.seeds
+    expect = outliers.patch_norm_maps(features.extract(lm, images, layers=[-1]), -1)
+    np.testing.assert_allclose(parts.norm_maps, expect, rtol=1e-6)
+    assert plain.norm_maps is None and parts.subset([1, 4]).norm_maps.shape == (2, 8, 8)

@@ -54,6 +54,7 @@ from PIL import Image
 
 from .features import extract
 from .models import LoadedModel, crop_geometry
+from .outliers import patch_norm_maps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -138,6 +139,9 @@ class Discovery:
     patch_size: int
     geometries: list  # per image, the models.CropGeometry that maps its boxes back
     features: str = FEATURES
+    #: per image, the patch-token norms of the block LOST read (``[n, rows, cols]``), when
+    #: :func:`discover` was asked for them (``norms=True``)
+    norm_maps: np.ndarray | None = None
 
     def describe(self) -> str:
         return f"LOST (k = {self.k}, features: {self.features}) on {self.model_name}"
@@ -156,7 +160,8 @@ class Discovery:
         """The same run restricted to the images ``indices`` (e.g. the ones a figure shows)."""
         idx = list(indices)
         return Discovery(self.model_name, [self.results[i] for i in idx], self.boxes[idx], self.k,
-                         self.patch_size, [self.geometries[i] for i in idx], self.features)
+                         self.patch_size, [self.geometries[i] for i in idx], self.features,
+                         None if self.norm_maps is None else self.norm_maps[idx])
 
 
 def features_name(layer: int = -1, centre_keys: bool = False) -> str:
@@ -167,7 +172,7 @@ def features_name(layer: int = -1, centre_keys: bool = False) -> str:
 
 def discover(lm: LoadedModel, images: Sequence[Image.Image], k: int = DEFAULT_K,
              batch_size: int = 32, progress: bool | None = None, *, layer: int = -1,
-             centre_keys: bool = False) -> Discovery:
+             centre_keys: bool = False, norms: bool = False, chunk: int = 256) -> Discovery:
     """Run LOST with ``lm`` on PIL ``images``, batched; boxes come back in each original
     image's pixel coordinates. Works on any model the library loads, registers and
     test-time registers included (their tokens are not patches, so they never enter).
@@ -176,7 +181,10 @@ def discover(lm: LoadedModel, images: Sequence[Image.Image], k: int = DEFAULT_K,
     ``centre_keys``: subtract each image's mean patch key first (not the paper's
     protocol; the way out of the degenerate case, see the module docstring). Images
     where LOST degenerates are flagged (:attr:`Discovery.degenerate`) and counted in a
-    warning."""
+    warning. ``norms``: also keep each image's patch-token norms at ``layer`` (from the
+    same forward pass). Images go through the model ``chunk`` at a time and only boxes,
+    seeds and norm maps are kept, so memory does not grow with the number of images
+    (VOC07's 5,011 images' last-block keys of ViT-L would be 5 GB)."""
     images = list(images)
     if not images:
         raise ValueError("No images to run LOST on.")
@@ -185,15 +193,21 @@ def discover(lm: LoadedModel, images: Sequence[Image.Image], k: int = DEFAULT_K,
         raise ValueError(f"k={k} is outside 1..{n_patches}: {lm.name} sees {n_patches} patches at "
                          f"{lm.img_size} px. Use k <= {n_patches} (LOST's default 100 assumes "
                          "full-size images).")
-    f = extract(lm, images, layers=[layer], keys=True, batch_size=batch_size, progress=progress)
-    keys = f.layout.split(f.attention_keys(layer))["patches"]
-    if centre_keys:
-        keys = keys - keys.mean(dim=1, keepdim=True)
-    results = [lost(keys[i], f.layout.grid, k) for i in range(len(images))]
+    results, maps = [], []
+    for start in range(0, len(images), chunk):
+        f = extract(lm, images[start:start + chunk], layers=[layer], keys=True, batch_size=batch_size,
+                    progress=progress)
+        keys = f.layout.split(f.attention_keys(layer))["patches"]
+        if centre_keys:
+            keys = keys - keys.mean(dim=1, keepdim=True)
+        results += [lost(keys[i], f.layout.grid, k) for i in range(len(keys))]
+        if norms:
+            maps.append(patch_norm_maps(f, layer))
     p = lm.patch_size
     geometries = [crop_geometry(*im.size, lm.img_size) for im in images]
     boxes = np.stack([g.to_original(np.array(r.box_patches) * p) for g, r in zip(geometries, results)])
-    found = Discovery(lm.name, results, boxes, k, p, geometries, features_name(layer, centre_keys))
+    found = Discovery(lm.name, results, boxes, k, p, geometries, features_name(layer, centre_keys),
+                      np.concatenate(maps) if norms else None)
     _warn_degenerate(found, layer, centre_keys)
     return found
 
