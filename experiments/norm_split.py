@@ -10,7 +10,7 @@ the maximum over the median of all patches. Where the recipe's ``border`` makes 
 of whole patches that is always background (``lab_v3``: one patch wide), it also prints
 the frame's median norm over the inner background's and the share of the top-1 % norm
 patches on the frame beside the frame's share of all patches: a fixed-position anchor
-(issue 9's mechanism (c)) would show as the frame holding the top norms. With
+(the search's mechanism (c)) would show as the frame holding the top norms. With
 ``--maps K`` it also draws the first K scenes beside each block's norm map (after the
 MLP, over the median of all probe patches) into ``figures/RUN_norm_maps.png``, to see
 which patches carry the high norms. A high-norm *mode* would show as a small share of

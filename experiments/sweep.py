@@ -5,10 +5,14 @@
     python experiments/sweep.py gaps [--above 0.1]                # every gap share above 0.1 %
 
 Every experiment is a preset of vitreg_lib.train plus overrides, with the hypothesis it
-tests. Runs write experiments/runs/NAME/{config.json, log.json} (kept in git: the
-curves and the verdict) and model.safetensors (ignored: reproducible from the command).
-``run`` resumes a run whose folder holds a checkpoint but no final model (a stopped
-run); the checkpoint of an unfinished run is committed so the next session resumes it.
+tests. Runs write experiments/runs/NAME/{command.txt, log.json, config.json} (kept in
+git: the recipe, the curves and the verdict; config.json once the run has finished) and
+model.safetensors and checkpoint.pt (ignored: they stay on the machine that trained
+them). ``run`` resumes a run whose folder holds a checkpoint but no final model (a
+stopped run); without a checkpoint (a fresh clone) it trains the run from its recipe
+again. The progress a checkpoint records (step, wall time) is copied to the run's
+``progress.json``, which git keeps, so ``report`` counts on any clone what the training
+machine counted. See experiments/README.md.
 """
 
 import argparse
@@ -51,7 +55,7 @@ EXPERIMENTS = {
     # round 3: the best learner of round 2, trained twice as long
     "r3_sep_count_long": ("mini_v1", dict(steps=3000, separate_objects=True, task="count", max_objects=4),
                           "outliers need long training (paper: they appear after a third of it)"),
-    # mini-lab v2 (issue 9): 256 patches (64-px scenes, 4-px patches), 6 x 64 ViT, fresh
+    # mini-lab v2: 256 patches (64-px scenes, 4-px patches), 6 x 64 ViT, fresh
     # scenes every step, a 4-px frame that is always background, constant lr 2e-3 after
     # 500 warmup steps, 20k steps of 64 (1.28 M images), one CPU thread each
     "v2a_broadcast": ("lab_v2", dict(cls_token=False, objective="dense_both"),
@@ -429,34 +433,51 @@ def run(names: list[str], jobs: int) -> None:
 
 def _checkpoint(folder: Path) -> dict | None:
     """What the run's checkpoint says of its progress (step reached, steps planned, batch,
-    wall seconds); None without a checkpoint."""
+    wall seconds), also written to ``progress.json`` for the clones that lack the
+    checkpoint; None without a checkpoint."""
     import torch
 
     if not (folder / "checkpoint.pt").is_file():
         return None
     ck = torch.load(folder / "checkpoint.pt", weights_only=True, map_location="cpu")
-    return dict(step=ck["step"], steps=ck["config"]["steps"], batch=ck["config"]["batch"],
-                wall_s=ck["wall_s"])
+    progress = dict(step=ck["step"], steps=ck["config"]["steps"], batch=ck["config"]["batch"],
+                    wall_s=ck["wall_s"])
+    text = json.dumps(progress) + "\n"
+    if not (folder / "progress.json").is_file() or (folder / "progress.json").read_text() != text:
+        (folder / "progress.json").write_text(text)
+    return progress
+
+
+def _progress(folder: Path) -> dict | None:
+    """The run's progress as its latest checkpoint recorded it: from ``checkpoint.pt`` on
+    the machine that trained it, else from the ``progress.json`` copied from it; None when
+    the run never wrote a checkpoint."""
+    ck = _checkpoint(folder)
+    if ck is None and (folder / "progress.json").is_file():
+        ck = json.loads((folder / "progress.json").read_text())
+    return ck
 
 
 def _state(folder: Path, steps: int) -> str:
-    """'finished' once the run has reached the steps its entry asks for, else 'resumable'.
-    Read from the committed checkpoint or log only: the final weights are not committed,
-    so a fresh clone reports a run as its author's machine did."""
-    ck = _checkpoint(folder)
+    """'finished' once the run has reached the steps its entry asks for, else 'resumable'
+    (from its checkpoint on the machine that holds it; elsewhere ``run`` trains it again).
+    Read from the run's recorded progress or log only: the final weights and checkpoints
+    are not committed, so a fresh clone reports a run as its author's machine did."""
+    ck = _progress(folder)
     done = ck["step"] if ck else json.loads((folder / "log.json").read_text())[-1]["step"]
     return "finished" if done >= steps else "resumable"
 
 
 def _spent(name: str) -> tuple[float, int]:
-    """Core-hours and images a run has consumed: from its checkpoint (written every 10
-    minutes and on stop, so it runs ahead of the last log point), else its last log point."""
+    """Core-hours and images a run has consumed: from its checkpoint or ``progress.json``
+    (written every 10 minutes and on stop, so it runs ahead of the last log point), else
+    its last log point."""
     folder = HERE / "runs" / name
     wall, images = 0.0, 0
     if (folder / "log.json").is_file():
         last = json.loads((folder / "log.json").read_text())[-1]
         wall, images = last["wall_s"], last["images"]
-    ck = _checkpoint(folder)
+    ck = _progress(folder)
     if ck:
         wall, images = max(wall, ck["wall_s"]), max(images, ck["step"] * ck["batch"])
     return wall / 3600, images

@@ -521,6 +521,22 @@ def test_sweep_reports_a_run_finished_from_its_log_alone(tmp_path):
     assert mod._state(tmp_path, 6400) == "resumable"
 
 
+def test_sweep_counts_a_runs_progress_without_its_checkpoint(tmp_path):
+    """Checkpoints stay on the machine that trained a run: the progress one recorded
+    (ahead of the last log point) is copied to progress.json, which a clone reads."""
+    import json
+
+    import torch
+
+    mod = _experiment("sweep")
+    (tmp_path / "log.json").write_text(json.dumps([{"step": 100, "wall_s": 10.0, "images": 6400}]))
+    torch.save(dict(step=150, config=dict(steps=400, batch=64), wall_s=15.0), tmp_path / "checkpoint.pt")
+    assert mod._progress(tmp_path) == dict(step=150, steps=400, batch=64, wall_s=15.0)
+    (tmp_path / "checkpoint.pt").unlink()  # a fresh clone
+    assert mod._progress(tmp_path) == dict(step=150, steps=400, batch=64, wall_s=15.0)
+    assert mod._state(tmp_path, 400) == "resumable" and mod._state(tmp_path, 150) == "finished"
+
+
 def test_sweep_gaps_lists_every_gap_above_the_bar_with_its_background_share(tmp_path, monkeypatch,
                                                                              capsys):
     import json
