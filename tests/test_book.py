@@ -170,10 +170,11 @@ def test_a_build_keeps_its_results_in_its_tier_folder(tmp_path, monkeypatch):
     assert jb and jb[0][1:3] == ["build", str(stage)] and "-W" in jb[0]
 
 
-def test_a_failed_chapter_fails_the_build_after_every_chapter_ran_and_builds_no_book(tmp_path, monkeypatch):
-    """Loud failure: every chapter still runs (so every error is listed), the build exits 1,
-    the tier gets no _status.json (the scorecard leaves it out) and no HTML is staged or built,
-    so a workflow has nothing to deploy and nothing falls back to another tier."""
+def test_a_failed_chapter_fails_the_build_after_every_chapter_ran(tmp_path, monkeypatch):
+    """Loud failure: every chapter still runs (so every error is listed), the build exits 1
+    (a workflow deploys nothing and falls back to nothing), the tier gets no _status.json
+    (the scorecard leaves it out), and the HTML built for reading says FAILED with the error
+    on its first page and its status page."""
     import papermill
 
     ran = []
@@ -184,9 +185,11 @@ def test_a_failed_chapter_fails_the_build_after_every_chapter_ran_and_builds_no_
         if "03_" in src:
             raise papermill.PapermillExecutionError(4, 4, "", "ModelUnavailableError", "no hub", [])
 
-    jb = []
+    jb, real_run = [], subprocess.run
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
-    monkeypatch.setattr(build_book.subprocess, "run", lambda cmd, **k: jb.append(cmd))
+    monkeypatch.setattr(build_book.subprocess, "run",  # jupyter-book stubbed; git (the commit) runs
+                        lambda cmd, **k: real_run(cmd, **k) if k else
+                        (jb.append(cmd) or subprocess.CompletedProcess(cmd, 0)))
     monkeypatch.setenv("VITREG_RESULTS_DIR", "")
     monkeypatch.setenv("VITREG_FEATURE_CACHE", "")
     monkeypatch.setattr(sys, "argv", ["build_book.py", "--tier", "pretrained", "--profile", "publish",
@@ -198,7 +201,12 @@ def test_a_failed_chapter_fails_the_build_after_every_chapter_ran_and_builds_no_
     failed = json.loads((results / "_failed.json").read_text())
     assert [r["status"].startswith("failed in cell 4: ModelUnavailableError") for r in failed].count(True) \
         == 1
-    assert not jb and not (tmp_path / "stage").exists() and not build_book.html_dir(tmp_path).exists()
+    stage = tmp_path / "stage"
+    for page in ("intro.md", "status.md"):
+        text = (stage / "book" / page).read_text()
+        assert f"This build FAILED: 1 of {len(ran)} chapters" in text, page
+        assert "ModelUnavailableError: no hub" in text, page
+    assert jb and jb[0][1:3] == ["build", str(stage)]
 
 
 def test_repository_url_is_one_setting():

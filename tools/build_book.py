@@ -184,6 +184,16 @@ def recorded_models(path: Path) -> list[str]:
     return list(dict.fromkeys(e["model"] for e in entries.values() if e.get("model")))
 
 
+def failure_note(runs: list[dict]) -> str:
+    """A warning box naming every chapter that failed and its error ("" when none did)."""
+    failed = [r for r in runs if r["status"] != "ok"]
+    if not failed:
+        return ""
+    items = "\n".join(f"- `{r['notebook']}`: {r['status']}" for r in failed)
+    return (f"```{{error}}\nThis build FAILED: {len(failed)} of {len(runs)} chapters did not run to the end. "
+            f"A failed build is never published.\n\n{items}\n```\n\n")
+
+
 def status_table(runs: list[dict]) -> str:
     tiers = sorted({r["tier"] for r in runs})
     modes = sorted({r["mode"] for r in runs})
@@ -221,8 +231,8 @@ def build_info(tier: str, mode: str, profile: str) -> dict:
                 if line.startswith("model name")), platform.processor() or "unknown")
     mem = next((int(line.split()[1]) / 1024 ** 2 for line in _read("/proc/meminfo").splitlines()
                 if line.startswith("MemTotal")), None)
-    models = [dict(name=n, repo=f"timm/{get_spec(n).source}" if get_spec(n).tier == "pretrained" else
-                   f"bundled ({get_spec(n).source})",
+    where = {"pretrained": "timm/{}", "mini": "bundled ({})", "offline": "converted offline into {}"}
+    models = [dict(name=n, repo=where[get_spec(n).tier].format(get_spec(n).source),
                    revision=hub_revision(get_spec(n)) if get_spec(n).tier == "pretrained" else None)
               for n in s.all_models()]
     data = [("photos (chapters 1, 2, 5, 6)", f"{s.n_photos} skimage photos" + (
@@ -345,10 +355,10 @@ def stage(out: Path, runs: list[dict], info: dict | None = None) -> Path:
     profile = runs[0].get("profile", "full") if runs else "full"
     figure = headline_section(out).replace(f"../{HEADLINE_FILE}", f"../_extra/{HEADLINE_FILE}")
     intro.write_text(intro.read_text().replace("<!-- chapter-links -->", chapter_table())
-                     .replace("<!-- tier-note -->", tier_note(tiers, profile))
+                     .replace("<!-- tier-note -->", failure_note(runs) + tier_note(tiers, profile))
                      .replace("<!-- headline -->", figure))
     status = st / "book" / "status.md"
-    table = status_table(runs) + ("\n\n" + info_section(info) if info else "")
+    table = failure_note(runs) + status_table(runs) + ("\n\n" + info_section(info) if info else "")
     status.write_text(status.read_text().replace("<!-- status-table -->", table))
     card = st / "book" / "scorecard.md"
     chapters = {Path(nb).stem: nb[:-len(".ipynb")] for nb in notebooks()}
@@ -392,18 +402,20 @@ def main() -> int:
     for r in failed:
         print(f"FAILED: {r['notebook']} {r['status']} (executed copy: {out / 'executed' / r['notebook']})",
               file=sys.stderr)
-    if failed:
-        print(f"FAILED: {len(failed)} of {len(runs)} chapters; no book is built for the {args.tier} tier.",
-              file=sys.stderr)
-        (results / "_failed.json").write_text(json.dumps(runs, indent=1))
-        return 1
-    (results / scorecard.STATUS_FILE).write_text(json.dumps(runs, indent=1))  # the tier is complete
-
+    # a failed tier gets no _status.json: the scorecard leaves it out and names it
+    done = results / (scorecard.STATUS_FILE if not failed else "_failed.json")
+    done.write_text(json.dumps(runs, indent=1))
     st = stage(out, runs, build_info(args.tier, args.mode, args.profile))
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(st), "--path-output", str(out), "-W", "-n", "--keep-going"]
     print(" ".join(cmd), flush=True)
-    if subprocess.run(cmd).returncode:
+    built = subprocess.run(cmd).returncode == 0
+    if failed:  # the HTML (errors on its status page) is for reading, never for publishing
+        print(f"FAILED: {len(failed)} of {len(runs)} chapters of the {args.tier} tier; the HTML in "
+              f"{html_dir(out)} shows the errors on its status page and must not be published.",
+              file=sys.stderr)
+        return 1
+    if not built:
         print("FAILED: jupyter-book build (warnings are errors; see above)", file=sys.stderr)
         return 1
     index = html_dir(out) / "index.html"
