@@ -130,6 +130,27 @@ print("OK")
     assert proc.stdout.strip() == "OK", proc.stderr[-3000:]
 
 
+def test_a_dropped_hub_download_is_retried_then_named(monkeypatch):
+    from vitreg_lib import models
+
+    calls, waits = [], []
+
+    def flaky(source, kwargs):
+        calls.append(source)
+        if len(calls) < 3:
+            raise OSError("connection reset")
+        return "model"
+
+    monkeypatch.setattr(models, "_create_low_memory", flaky)
+    monkeypatch.setattr("time.sleep", waits.append)
+    spec = models.get_spec("dinov2_s")
+    assert models._download(spec, {}) == "model" and len(calls) == 3 and waits == [5.0, 10.0]
+    calls.clear()
+    monkeypatch.setattr(models, "_create_low_memory", lambda s, k: (_ for _ in ()).throw(OSError("reset")))
+    with pytest.raises(models.ModelUnavailableError, match="4 tries; last: reset"):
+        models._download(spec, {})
+
+
 def test_low_memory_loading_equals_timms_own_and_names_the_revision(tmp_path):
     """The model is built on the meta device and takes over the tensors timm's loader read
     (one copy of the weights in memory): the same weights, pos_embed resampling included,

@@ -366,15 +366,31 @@ def _load_pretrained(spec: ModelSpec, weights: str | Path | None) -> LoadedModel
         model = _create_low_memory(spec.source, kwargs)
     else:
         _check_hub(spec)
-        try:
-            model = _create_low_memory(spec.source, kwargs)
-        except (OSError, ConnectionError, TimeoutError) as err:  # hub errors derive from OSError
-            raise _unavailable(spec, str(err)) from err
+        model = _download(spec, kwargs)
     cfg = model.pretrained_cfg
     info = {"source": spec.source, "repo_id": f"timm/{spec.source}", "revision": hub_revision(spec)}
     if weights is not None:
         info.update(repo_id=None, revision=None, file=str(weights))
     return LoadedModel(spec, model, tuple(cfg["mean"]), tuple(cfg["std"]), spec.img_size, info=info)
+
+
+#: tries of a hub download, and the first wait between them (doubled each time), in s
+HUB_TRIES, HUB_WAIT = 4, 5.0
+
+
+def _download(spec: ModelSpec, kwargs: dict) -> torch.nn.Module:
+    """The model from the hub, retried with a doubling wait: a dropped connection in the
+    middle of a 4.5 GB download (ViT-g) should not fail a book build."""
+    import time
+
+    for attempt in range(1, HUB_TRIES + 1):
+        try:
+            return _create_low_memory(spec.source, kwargs)
+        except OSError as err:  # hub errors (HTTP, connection, timeout) derive from OSError
+            if attempt == HUB_TRIES:
+                raise _unavailable(spec, f"{HUB_TRIES} tries; last: {err}") from err
+            time.sleep(HUB_WAIT * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 def _create_low_memory(source: str, kwargs: dict) -> torch.nn.Module:
