@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tools.bench import median_times  # noqa: E402
-from vitreg_lib.models import build_vit  # noqa: E402
-from vitreg_lib.train import PRESETS, fresh_batch  # noqa: E402
+from vitreg_lib.lab.models import build_vit  # noqa: E402
+from vitreg_lib.lab.train import PRESETS, fresh_batch  # noqa: E402
 
 IMAGENET = 1_281_167
 # smallest published models with high-norm / outlier tokens, and their training length

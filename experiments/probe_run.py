@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vitreg_lib.data import make_scenes  # noqa: E402
-from vitreg_lib.train import load_checkpoint  # noqa: E402
+from vitreg_lib.lab.train import load_checkpoint  # noqa: E402
 
 
 def read_run(doc: str, scenes: int, options: dict[str, dict] | None = None):

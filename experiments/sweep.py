@@ -4,7 +4,7 @@
     python experiments/sweep.py report                            # rewrite experiments/RESULTS.md
     python experiments/sweep.py gaps [--above 0.1]                # every gap share above 0.1 %
 
-Every experiment is a preset of vitreg_lib.train plus overrides, with the hypothesis it
+Every experiment is a preset of vitreg_lib.lab.train plus overrides, with the hypothesis it
 tests. Runs write experiments/runs/NAME/{command.txt, log.json, config.json} (kept in
 git: the recipe, the curves and the verdict; config.json once the run has finished) and
 model.safetensors and checkpoint.pt (ignored: they stay on the machine that trained
@@ -415,11 +415,11 @@ def run(names: list[str], jobs: int) -> None:
         wanted = overrides.get("steps")
         if saved is not None and (not (out / "model.safetensors").is_file() or
                                   (wanted is not None and saved["step"] < wanted)):
-            args = [sys.executable, "-m", "vitreg_lib.train", "--resume", "--out", rel]
+            args = [sys.executable, "-m", "vitreg_lib.lab.train", "--resume", "--out", rel]
             if wanted is not None and wanted != saved["steps"]:
                 args += ["--steps", str(wanted)]  # a run extended (constant schedule only)
         else:
-            args = [sys.executable, "-m", "vitreg_lib.train", "--preset", preset, "--out", rel]
+            args = [sys.executable, "-m", "vitreg_lib.lab.train", "--preset", preset, "--out", rel]
             for k, v in overrides.items():
                 args += [f"--{k}", str(v)]
         while sum(p.poll() is None for p in procs) >= jobs:
@@ -485,7 +485,8 @@ def _spent(name: str) -> tuple[float, int]:
 
 def _v2_row(name: str, preset: str, overrides: dict) -> str:
     """One row of the v2 table, from the run's log (the last logged point)."""
-    from vitreg_lib.train import PRESETS, criterion, emergence
+    from vitreg_lib.lab.criterion import criterion, criterion_held_from
+    from vitreg_lib.lab.train import PRESETS
 
     folder = HERE / "runs" / name
     if not (folder / "log.json").is_file():
@@ -498,14 +499,14 @@ def _v2_row(name: str, preset: str, overrides: dict) -> str:
     metric = ("patch" if "patch_acc" in last else "image") + \
         f" {100 * last.get('patch_acc', last['val_acc']):.1f} %"
     top_sink = max(r["sink_attention"] for r in last["layers"])
-    emerged = emergence(log)
+    held = criterion_held_from(log)
     gap_bg = "—" if c["gap_background"] is None else f"{100 * c['gap_background']:.0f} %"
     return (f"| {name} | {last['images'] / 1e6:.2f} M ({100 * last['step'] / steps:.0f} %, {state}) "
             f"| {_spent(name)[0]:.1f} | {metric} | {c['layer']}, {c['site']} "
             f"| {100 * c['gap_fraction']:.2f} | {gap_bg} "
             f"| {100 * c['top1_background']:.0f} % ({100 * c['background_share']:.0f} %) "
             f"| {c['max_over_median']:.1f} | {top_sink:.2f} "
-            f"| {'yes' if c['met'] else 'no'}{'' if emerged is None else f', from {emerged:.2f}'} |")
+            f"| {'yes' if c['met'] else 'no'}{'' if held is None else f', from {held:.2f}'} |")
 
 
 def _uniform_share(cfg) -> float:
@@ -520,7 +521,8 @@ def _v3_row(name: str, preset: str, overrides: dict) -> str:
     without them, the [CLS] token) are used as a place to park attention."""
     import dataclasses
 
-    from vitreg_lib.train import PRESETS, criterion, emergence
+    from vitreg_lib.lab.criterion import criterion, criterion_held_from
+    from vitreg_lib.lab.train import PRESETS
 
     folder = HERE / "runs" / name
     if not (folder / "log.json").is_file():
@@ -541,12 +543,12 @@ def _v3_row(name: str, preset: str, overrides: dict) -> str:
         attn = "—"
     norm = ("—" if not cfg.registers else
             f"{max(r['register_norm_mean'] / r['median'] for r in last['layers']):.1f}")
-    emerged = emergence(log)
+    held = criterion_held_from(log)
     return (f"| {name} | {last['images'] / 1e6:.2f} M ({state}) | {_spent(name)[0]:.1f} | {metric} "
             f"| {c['layer']}, {c['site']} | {100 * c['gap_fraction']:.2f} "
             f"| {100 * c['top1_background']:.0f} % ({100 * c['background_share']:.0f} %) "
             f"| {c['max_over_median']:.1f} | {attn} | {norm} "
-            f"| {'yes' if c['met'] else 'no'}{'' if emerged is None else f', from {emerged:.2f}'} |")
+            f"| {'yes' if c['met'] else 'no'}{'' if held is None else f', from {held:.2f}'} |")
 
 
 V3_LEGEND = """The last logged point of each v3 run (64 patches). The norm columns are the v2
@@ -578,8 +580,8 @@ def _demand_figure(v3: dict) -> str | None:
     import numpy as np
     import pandas as pd
 
-    from vitreg_lib.plotting import register_use
-    from vitreg_lib.train import PRESETS
+    from vitreg_lib.lab.plotting import register_use
+    from vitreg_lib.lab.train import PRESETS
 
     rows = {}
     for name, (preset, overrides, _) in v3.items():
@@ -612,7 +614,7 @@ def report() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from vitreg_lib.plotting import lab_curves
+    from vitreg_lib.lab.plotting import lab_curves
 
     v2 = {n: e for n, e in EXPERIMENTS.items() if n.startswith("v2")}
     v3 = {n: e for n, e in EXPERIMENTS.items() if n.startswith("v3")}

@@ -174,63 +174,9 @@ print(lm.info["repo_id"], lm.info["revision"])
     assert proc.stdout.strip() == "timm/vit_base_patch16_clip_224.laion2b " + "0" * 40, proc.stderr[-3000:]
 
 
-def _variant_reference(attn, x):
-    """The variant attention written out by hand, unfused."""
-    b, n, d = x.shape
-    h, hd = attn.num_heads, attn.head_dim
-    q, k, v = attn.qkv(x).reshape(b, n, 3, h, hd).permute(2, 0, 3, 1, 4)
-    if attn.variant == "bias":
-        k = torch.cat([k, attn.key_bias[None, :, None].expand(b, h, 1, hd)], dim=2)
-        v = torch.cat([v, attn.value_bias[None, :, None].expand(b, h, 1, hd)], dim=2)
-    probs = torch.softmax(q @ k.transpose(-1, -2) / hd ** 0.5, dim=-1)
-    out = (probs @ v).transpose(1, 2)
-    if attn.variant == "gated":
-        out = out * torch.sigmoid(attn.head_gate(x))[..., None]
-    return attn.proj(out.reshape(b, n, d)), probs
-
-
-@pytest.mark.parametrize("variant", ["gated", "bias"])
-def test_attention_variants_compute_what_they_say(variant):
-    from vitreg_lib.features import extract
-    from vitreg_lib.models import LoadedModel, ModelSpec
-
-    torch.manual_seed(0)
-    arch = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3,
-                reg_tokens=1, attention=variant)
-    model = build_vit(arch).eval()
-    attn = model.blocks[1].attn
-    if variant == "gated":  # make the gates differ by head and token
-        torch.nn.init.normal_(attn.head_gate.weight, std=0.5)
-    x = torch.randn(3, 1 + 1 + 16, 32)
-    ref, probs = _variant_reference(attn, x)
-    with torch.no_grad():
-        torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-5)
-        attn.fused_attn = not attn.fused_attn  # the other path gives the same
-        torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-5)
-    # the state dict round-trips through build_vit (how load_model reads a mini)
-    again = build_vit(arch)
-    again.load_state_dict(model.state_dict(), strict=True)
-    # the attention the library reports is the softmax over the tokens (and the bias slot)
-    lm = LoadedModel(ModelSpec("v", "mini", "", "test", registers=1), model, (0.5,) * 3, (0.5,) * 3, 16)
-    images = torch.randn(2, 3, 16, 16)
-    f = extract(lm, images, layers=[1], attention=True, received=True)
-    m = model
-    with torch.no_grad():
-        h = m.blocks[0](m.norm_pre(m._pos_embed(m.patch_embed(images))))
-        _, probs = _variant_reference(attn, m.blocks[1].norm1(h))
-    torch.testing.assert_close(f.prefix_attention(1), probs[:, :, :2, :18], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(f.attention_received(1), probs[..., :18].mean(2), rtol=1e-5, atol=1e-6)
-    total = f.attention_received(1).sum(-1)
-    if variant == "bias":  # the slot takes a share: the tokens receive less than all of it
-        assert (total < 1).all() and (total > 0).all()
-    else:
-        torch.testing.assert_close(total, torch.ones_like(total))
-
-
-def test_unknown_attention_variant():
-    with pytest.raises(ValueError, match="Unknown attention"):
-        build_vit(dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2,
-                       attention="linear"))
+def test_course_models_leave_attention_variants_to_the_lab():
+    with pytest.raises(ValueError, match="vitreg_lib.lab.models.build_vit"):
+        build_vit(dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, attention="gated"))
 
 
 def test_high_depth_images_are_scaled_not_clipped():

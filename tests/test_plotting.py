@@ -138,7 +138,7 @@ def test_every_statistical_figure_fits_the_column_and_keeps_its_caption():
 
 
 def test_register_use_draws_one_annotated_cell_per_run_and_block():
-    from vitreg_lib.plotting import register_use
+    from vitreg_lib.lab.plotting import register_use
 
     shares = pd.DataFrame([[0.06, 0.40, 0.05], [0.07, 0.06, np.nan]],
                           index=["a (uniform 6 %)", "b (uniform 6 %)"])
