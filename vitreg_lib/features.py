@@ -28,6 +28,7 @@ unless the final output is requested.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -326,9 +327,16 @@ def _extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
             handles.append(model.blocks[i].attn.qkv.register_forward_hook(make(model.blocks[i].attn, sink)))
 
     batches = list(torch.split(images, batch_size))
-    show = (len(batches) > 1) if progress is None else progress
+    # The static book draws no widget (a tqdm.auto bar there is an empty box): when the book
+    # build runs the notebook (VITREG_STATIC_BOOK, see vitreg_lib.explorer) there is no bar
+    # unless asked for, and an asked-for bar is plain text. Elsewhere: tqdm.auto.
+    static_book = bool(os.environ.get("VITREG_STATIC_BOOK"))
+    show = (len(batches) > 1 and not static_book) if progress is None else progress
     try:
-        from tqdm.auto import tqdm
+        if static_book:
+            from tqdm.std import tqdm
+        else:
+            from tqdm.auto import tqdm
 
         with torch.inference_mode():
             for n_batch, xb in enumerate(tqdm(batches, desc=f"features {lm.name}",
