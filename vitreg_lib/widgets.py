@@ -1,7 +1,11 @@
-"""ipywidgets explorers over the same calls as the static figures.
+"""ipywidgets explorers over the same calls as the static figures, for a live kernel
+(Colab, Jupyter).
 
-A static page runs no Python, so every notebook also draws the explorer's default view
-with :func:`explorer_view` (the very function the widget calls) as a plain figure.
+A static page runs no Python, so in the book these widgets show nothing (their cells are
+tagged ``remove-output``). Every notebook also draws the explorer's default view with
+:func:`explorer_view` (the very function the widget calls) as a plain figure, and
+:func:`vitreg_lib.explorer.show` gives the book an explorer that runs in the page itself:
+the same norms, rule and attention, precomputed for every layer and drawn by plotly.js.
 """
 
 from __future__ import annotations
