@@ -341,6 +341,13 @@ def stage(out: Path, runs: list[dict], info: dict | None = None) -> Path:
         (st / "_extra").mkdir()
         shutil.copy(found[0], st / "_extra" / HEADLINE_FILE)
         config.setdefault("sphinx", {}).setdefault("config", {})["html_extra_path"] = ["_extra"]
+    # plotly.js once for the whole book: the chapters' explorers load it from _static/ (vitreg_lib.explorer)
+    from vitreg_lib import explorer
+
+    (st / "_explorer_static").mkdir()
+    shutil.copy(explorer.bundle_path(), st / "_explorer_static" / explorer.bundle_name())
+    config.setdefault("sphinx", {}).setdefault("config", {}).setdefault("html_static_path", []).append(
+        "_explorer_static")  # not _static: Jupyter Book would add it to every page's <head>
     (st / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     shutil.copytree(ROOT / "book", st / "book")
     (st / "experiments").mkdir()
@@ -390,6 +397,7 @@ def main() -> int:
     os.environ["VITREG_RESULTS_DIR"] = str(results)
     os.environ["VITREG_FEATURE_CACHE"] = str(feature_cache_dir(out, args.tier))
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    os.environ["VITREG_STATIC_BOOK"] = "1"  # explorers load plotly.js from _static; no widget progress bars
 
     runs = []
     for nb in notebooks():  # every chapter runs, so one failure does not hide another
