@@ -16,6 +16,7 @@ procedural *scenes* dataset the mini tier trains on. Knows no model.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -277,74 +278,142 @@ def make_scenes(n: int, seed: int = 0, size: int = 32, max_objects: int = 3,
     """
     if n < 1 or size < 8:
         raise ValueError("Need n >= 1 and size >= 8.")
-    if gradient < 0 or noise < 0:
-        raise ValueError(f"gradient and noise are amplitudes >= 0, got {gradient} and {noise}.")
-    if not 0 <= min_objects <= max_objects:
-        raise ValueError(f"Need 0 <= min_objects <= max_objects, got {min_objects} and {max_objects}.")
-    if not 0 <= trigger <= 1:
-        raise ValueError(f"trigger is a probability, got {trigger}.")
-    lo_side, hi_side = max(3, round(min_object * size)), round(max_object * size)
-    if border < 0 or size - 2 * border < hi_side:
-        raise ValueError(f"border={border} leaves {size - 2 * border} px for objects up to "
-                         f"{hi_side} px wide: use a smaller border or max_object.")
+    recipe = _SceneRecipe(size, max_objects, min_object, max_object, noise, separate, border, texture,
+                          trigger, min_objects, clutter, regions, object_clutter, gradient, seed)
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.zeros((n, size, size), bool)
     boxes, shapes = [], []
     for i in range(n):
-        base = rng.uniform(0.15, 0.85, 3)
-        direction = rng.normal(size=2)
-        direction /= np.linalg.norm(direction) + 1e-8
-        ramp = ((xx * direction[0] + yy * direction[1]) / size)[..., None]
-        img = base + gradient * rng.uniform(-1, 1, 3) * ramp  # drawn at any gradient: same stream
-        if regions:
-            img = img + _region_offsets(rng, size, regions)
-        if texture:
-            freq = rng.uniform(2, 6) * rng.normal(size=2)
-            freq *= rng.uniform(2, 6) / (np.linalg.norm(freq) + 1e-8)
-            wave = np.sin(2 * np.pi * (freq[0] * xx + freq[1] * yy) / size + rng.uniform(0, 2 * np.pi))
-            img = img + texture * wave[..., None] * rng.uniform(0.5, 1, 3)
-        if clutter:
-            img = img + clutter * _clutter_field(rng, size)
-        k = int(rng.integers(min_objects, max_objects + 1))
-        pending_trigger = bool(trigger) and rng.random() < trigger
-        bx, sh = [], []
-        for _ in range(k):
-            side = int(rng.integers(lo_side, hi_side + 1))
-            for _try in range(100 if separate else 1):
-                x0, y0 = (int(v) + border for v in rng.integers(0, size - 2 * border - side + 1, 2))
-                if not separate or all(x0 > b[2] or x0 + side < b[0] or y0 > b[3] or y0 + side < b[1]
-                                       for b in bx):
-                    break
-            else:
-                continue
-            kind = int(rng.integers(len(SHAPES)))
-            if pending_trigger:
-                kind, pending_trigger = len(SHAPES), False
-            u, v = xx - x0, yy - y0
-            inside = (u >= 0) & (u < side) & (v >= 0) & (v < side)
-            if kind == 1:  # circle
-                r = side / 2
-                inside &= (u + 0.5 - r) ** 2 + (v + 0.5 - r) ** 2 <= r * r
-            elif kind == 2:  # triangle, apex up
-                inside &= np.abs(u + 0.5 - side / 2) <= (v + 0.5) / 2
-            elif kind == 3:  # the trigger: a cross, arms a third of the side wide
-                inside &= (np.abs(u + 0.5 - side / 2) <= side / 6) | (np.abs(v + 0.5 - side / 2) <= side / 6)
-            colour = (base + rng.uniform(0.35, 0.6, 3) * rng.choice([-1, 1], 3)) % 1.0
-            if object_clutter:
-                own = np.random.default_rng((seed, i, len(bx)))  # its own stream: the layout stays
-                img[inside] = colour + object_clutter * _clutter_field(own, size)[inside]
-            else:
-                img[inside] = colour
-            masks[i] |= inside
-            bx.append((x0, y0, x0 + side, y0 + side))
-            sh.append(kind)
+        base, img = recipe.background(rng)
+        bx, sh = recipe.objects(rng, img, masks[i], base, i)
         img = img + rng.normal(0, noise, img.shape)
         images[i] = np.clip(img * 255, 0, 255).astype(np.uint8)
         boxes.append(np.array(bx, dtype=np.int64).reshape(-1, 4))
         shapes.append(np.array(sh, dtype=np.int64))
     return Scenes(images, masks, boxes, shapes, seed)
+
+
+@dataclass(frozen=True)
+class _SceneRecipe:
+    """The options of :func:`make_scenes`, checked, and the steps that draw one scene.
+
+    Every step draws from the scene stream ``rng`` in a fixed order (background, then
+    each object), so a scene depends on the seed and the options alone."""
+
+    size: int
+    max_objects: int
+    min_object: float
+    max_object: float
+    noise: float
+    separate: bool
+    border: int
+    texture: float
+    trigger: float
+    min_objects: int
+    clutter: float
+    regions: int
+    object_clutter: float
+    gradient: float
+    seed: int
+
+    def __post_init__(self):
+        if self.gradient < 0 or self.noise < 0:
+            raise ValueError(f"gradient and noise are amplitudes >= 0, got {self.gradient} and {self.noise}.")
+        if not 0 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"Need 0 <= min_objects <= max_objects, got {self.min_objects} and "
+                             f"{self.max_objects}.")
+        if not 0 <= self.trigger <= 1:
+            raise ValueError(f"trigger is a probability, got {self.trigger}.")
+        if self.border < 0 or self.size - 2 * self.border < self.sides[1]:
+            raise ValueError(f"border={self.border} leaves {self.size - 2 * self.border} px for objects up "
+                             f"to {self.sides[1]} px wide: use a smaller border or max_object.")
+
+    @property
+    def sides(self) -> tuple[int, int]:
+        """The smallest and largest object side in pixels."""
+        return max(3, round(self.min_object * self.size)), round(self.max_object * self.size)
+
+    @functools.cached_property
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel rows and columns ``(yy, xx)``, float32 ``[size, size]``."""
+        yy, xx = np.mgrid[0:self.size, 0:self.size].astype(np.float32)
+        return yy, xx
+
+    def background(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A scene's base colour and its background, ``[size, size, 3]`` floats in [0, 1]
+        units: the colour with its linear ramp, then the regions, grating and clutter
+        that are asked for (each draws only when asked, so the defaults draw the same)."""
+        size, (yy, xx) = self.size, self.grid
+        base = rng.uniform(0.15, 0.85, 3)
+        direction = rng.normal(size=2)
+        direction /= np.linalg.norm(direction) + 1e-8
+        ramp = ((xx * direction[0] + yy * direction[1]) / size)[..., None]
+        img = base + self.gradient * rng.uniform(-1, 1, 3) * ramp  # drawn at any gradient: same stream
+        if self.regions:
+            img = img + _region_offsets(rng, size, self.regions)
+        if self.texture:
+            freq = rng.uniform(2, 6) * rng.normal(size=2)
+            freq *= rng.uniform(2, 6) / (np.linalg.norm(freq) + 1e-8)
+            wave = np.sin(2 * np.pi * (freq[0] * xx + freq[1] * yy) / size + rng.uniform(0, 2 * np.pi))
+            img = img + self.texture * wave[..., None] * rng.uniform(0.5, 1, 3)
+        if self.clutter:
+            img = img + self.clutter * _clutter_field(rng, size)
+        return base, img
+
+    def place(self, rng: np.random.Generator, side: int, placed: list) -> tuple[int, int] | None:
+        """The top-left corner of a new object of ``side`` px inside the border; with
+        ``separate``, one whose box touches none ``placed`` (100 tries, else ``None``)."""
+        span = self.size - 2 * self.border - side + 1
+        for _try in range(100 if self.separate else 1):
+            x0, y0 = (int(v) + self.border for v in rng.integers(0, span, 2))
+            if not self.separate or all(x0 > b[2] or x0 + side < b[0] or y0 > b[3] or y0 + side < b[1]
+                                        for b in placed):
+                return x0, y0
+        return None
+
+    def shape_mask(self, kind: int, x0: int, y0: int, side: int) -> np.ndarray:
+        """The pixels of a shape of :data:`SHAPES` (or the trigger) in its box."""
+        yy, xx = self.grid
+        u, v = xx - x0, yy - y0
+        inside = (u >= 0) & (u < side) & (v >= 0) & (v < side)
+        if kind == 1:  # circle
+            r = side / 2
+            inside &= (u + 0.5 - r) ** 2 + (v + 0.5 - r) ** 2 <= r * r
+        elif kind == 2:  # triangle, apex up
+            inside &= np.abs(u + 0.5 - side / 2) <= (v + 0.5) / 2
+        elif kind == 3:  # the trigger: a cross, arms a third of the side wide
+            inside &= (np.abs(u + 0.5 - side / 2) <= side / 6) | (np.abs(v + 0.5 - side / 2) <= side / 6)
+        return inside
+
+    def objects(self, rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, base: np.ndarray,
+                index: int) -> tuple[list, list]:
+        """Draw scene ``index``'s objects into ``img`` and its object ``mask`` (both in
+        place): how many, then each one's side, place, shape and colour. Returns their
+        boxes and shapes; an object that finds no place is left out."""
+        k = int(rng.integers(self.min_objects, self.max_objects + 1))
+        pending_trigger = bool(self.trigger) and rng.random() < self.trigger
+        bx, sh = [], []
+        for _ in range(k):
+            side = int(rng.integers(self.sides[0], self.sides[1] + 1))
+            corner = self.place(rng, side, bx)
+            if corner is None:
+                continue
+            x0, y0 = corner
+            kind = int(rng.integers(len(SHAPES)))
+            if pending_trigger:
+                kind, pending_trigger = len(SHAPES), False
+            inside = self.shape_mask(kind, x0, y0, side)
+            colour = (base + rng.uniform(0.35, 0.6, 3) * rng.choice([-1, 1], 3)) % 1.0
+            if self.object_clutter:
+                own = np.random.default_rng((self.seed, index, len(bx)))  # its own stream: the layout stays
+                img[inside] = colour + self.object_clutter * _clutter_field(own, self.size)[inside]
+            else:
+                img[inside] = colour
+            mask |= inside
+            bx.append((x0, y0, x0 + side, y0 + side))
+            sh.append(kind)
+        return bx, sh
 
 
 def _clutter_field(rng: np.random.Generator, size: int) -> np.ndarray:
