@@ -130,6 +130,7 @@ def test_progress_bars_in_the_static_book_are_text_or_nothing(monkeypatch, capsy
         real_init(self, *args, **kwargs)
 
     monkeypatch.setattr(tqdm.std.tqdm, "__init__", spy)
+    monkeypatch.delenv("VITREG_FEATURE_CACHE", raising=False)  # a cache hit would run no pass at all
     monkeypatch.setenv(explorer.STATIC_BOOK_ENV, "1")
     extract(lm, x, layers=[-1], batch_size=2)  # three batches: a bar by default elsewhere
     assert made == [("tqdm.std", True)] and capsys.readouterr().err == ""

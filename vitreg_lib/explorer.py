@@ -562,7 +562,8 @@ _EXPLORER_JS = r"""
       });
       if (regMember !== undefined) {
         var m = P.models[regMember], d = dec(regMember), N = m.patches, R = m.registers;
-        var step = m.reg.step[L], r = Math.min(state.reg, R), base = (L * S + s) * R * N;
+        var step = m.reg.step[L], base = (L * S + s) * R * N;
+        var r = state.reg >= maxReg ? R : Math.min(state.reg, R - 1);  // R: the mean of its registers
         var ax = axes(col(k), bottom, true);
         var z = grid(m, function (i) {
           if (r < R) return d.reg[base + r * N + i] * step;
@@ -573,7 +574,7 @@ _EXPLORER_JS = r"""
                    colorscale: P.colorscales.attention, name: m.name, meta: "register",
                    colorbar: colorbar(col(k), bottom),
                    hovertemplate: hover(m, "register attention %{z:.3g}")});
-        title(m.name + " · " + (r < R ? "register " + r : "mean of its " + R + " registers") +
+        title(m.name + " · " + (r < R ? "register " + r : "mean of its " + R + " register(s)") +
               " → patches<br>(mean of heads)", col(k), bottom);
       }
     }
