@@ -605,8 +605,7 @@ _EXPLORER_JS = r"""
   function draw() {
     var f = figure();
     gd.style.height = f.layout.height + "px";
-    return Plotly.react(gd, f.data, f.layout, {responsive: true, displaylogo: false,
-                                               modeBarButtonsToRemove: ["lasso2d", "select2d"]});
+    return Plotly.react(gd, f.data, f.layout, {responsive: true, displayModeBar: false});
   }
 
   window.vitregPlotly.then(function (plotly) {
