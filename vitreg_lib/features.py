@@ -159,7 +159,7 @@ def _normalise_layers(layers: int | str | Iterable[int] | None, depth: int) -> l
 def _attention_probs(attn: torch.nn.Module, qkv_out: torch.Tensor, queries: slice) -> torch.Tensor:
     """``softmax(q kᵀ · scale)`` of the ``queries`` rows from a block's ``qkv`` output:
     ``[B, heads, queries, N]``. A learned key slot (``key_bias``, see
-    :class:`vitreg_lib.models.VariantAttention`) joins the softmax and its column is then
+    :class:`vitreg_lib.lab.models.VariantAttention`) joins the softmax and its column is then
     dropped, so a row sums to what the tokens receive (less than 1)."""
     heads, head_dim = attn.num_heads, getattr(attn, "head_dim", None)
     b, n, _ = qkv_out.shape
@@ -270,13 +270,31 @@ def _from_tensors(tensors: dict[str, torch.Tensor], header: dict) -> Features:
                     embeddings=tensors.get("embeddings"), **stores)
 
 
-def _extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
-             layers: int | str | Iterable[int] | None, *, final: bool, attention: bool,
-             mlp: bool | Iterable[int], embeddings: bool, mid: bool, received: bool, keys: bool,
-             batch_size: int, progress: bool | None) -> Features:
-    """:func:`extract` without the cache."""
-    model = lm.model
-    depth = len(model.blocks)
+@dataclass
+class _Plan:
+    """What one uncached extraction keeps, checked against the model and the images:
+    the blocks whose output is kept (``take``), the blocks whose MLP is read, the last
+    block that must run (later ones are skipped unless the final output is asked for),
+    and which extras each kept block gives."""
+
+    take: list[int]
+    mlp_layers: list[int]
+    last: int
+    final: bool
+    attention: bool
+    embeddings: bool
+    mid: bool
+    received: bool
+    keys: bool
+
+
+def _plan(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
+          layers: int | str | Iterable[int] | None, final: bool, attention: bool,
+          mlp: bool | Iterable[int], **extras: bool) -> tuple[_Plan, torch.Tensor, TokenLayout]:
+    """The :class:`_Plan` of an extraction, the images as a preprocessed batch and their
+    token layout; or a clear error when there is nothing to extract or the images or the
+    model cannot give what is asked."""
+    depth = len(lm.model.blocks)
     take = _normalise_layers(layers, depth)
     if not take and not final:
         raise ValueError("Nothing to extract: pass layers=... and/or final=True.")
@@ -289,101 +307,136 @@ def _extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
         raise ValueError(f"{lm.name} has no [CLS] or register token: there is no prefix "
                          "attention to read. Use attention=False.")
     mlp_layers = take if mlp is True else _normalise_layers(mlp or None, depth)
-    last = max(take + mlp_layers, default=depth - 1)
-    if final:
-        last = depth - 1
-    device = next(model.parameters()).device
+    last = depth - 1 if final else max(take + mlp_layers, default=depth - 1)
+    return _Plan(take, mlp_layers, last, final, attention, **extras), images, layout
 
-    store: dict[Layer, list] = {i: [] for i in take}
-    if final:
-        store["final"] = []
-    attn_sinks = {i: [] for i in take} if attention else {}
-    mlp_sinks = {i: [] for i in mlp_layers}
-    mid_sinks = {i: [] for i in take} if mid else {}
-    recv_sinks = {i: [] for i in take} if received else {}
-    key_sinks = {i: [] for i in take} if keys else {}
-    emb_sink: list = []
-    handles = []
-    for i in take:
-        blk = model.blocks[i]
-        if attention:
-            if not hasattr(blk.attn, "qkv"):
-                raise TypeError(f"Block {i} attention has no fused qkv projection; "
-                                "attention maps are not supported for this model.")
-            handles.append(blk.attn.qkv.register_forward_hook(
-                _attention_hook(blk.attn, layout.num_prefix, attn_sinks[i])))
-    for i, sink in mlp_sinks.items():
-        handles.append(model.blocks[i].mlp.fc2.register_forward_pre_hook(
-            lambda _m, inp, sink=sink: sink.append(inp[0].detach().float().cpu())))
-    for i, sink in mid_sinks.items():
-        handles.append(model.blocks[i].norm2.register_forward_pre_hook(
-            lambda _m, inp, sink=sink: sink.append(inp[0].detach().float().cpu())))
-    for what, sinks, make in (("received attention", recv_sinks, _received_hook),
-                              ("attention keys", key_sinks, _keys_hook)):
-        for i, sink in sinks.items():
+
+class _Sinks:
+    """Where the hooks and the forward pass of one extraction put each batch's results:
+    per kind (the :class:`Features` store it fills) and per block, one tensor a batch."""
+
+    #: the hooked kinds, with the name an error message gives each hook
+    HOOKED = (("attention", "attention"), ("mlp", "MLP"), ("mid", "norm2"),
+              ("received", "received-attention"), ("keys", "keys"))
+
+    def __init__(self, plan: _Plan):
+        self.tokens: dict[Layer, list] = {i: [] for i in plan.take}
+        if plan.final:
+            self.tokens["final"] = []
+        self.embeddings: list = []
+        self.attention = {i: [] for i in plan.take} if plan.attention else {}
+        self.mlp = {i: [] for i in plan.mlp_layers}
+        self.mid = {i: [] for i in plan.take} if plan.mid else {}
+        self.received = {i: [] for i in plan.take} if plan.received else {}
+        self.keys = {i: [] for i in plan.take} if plan.keys else {}
+
+    def hook(self, model: torch.nn.Module, name: str, layout: TokenLayout) -> list:
+        """Register the forward hooks that fill the hooked kinds; returns their handles
+        (the caller removes them). A block without a fused ``qkv`` cannot give attention."""
+        handles = []
+
+        def qkv_of(i: int, what: str) -> torch.nn.Module:
             if not hasattr(model.blocks[i].attn, "qkv"):
-                raise TypeError(f"Block {i} of {lm.name} has no fused qkv projection, so its "
-                                f"{what} cannot be read; use a timm ViT with standard attention.")
-            handles.append(model.blocks[i].attn.qkv.register_forward_hook(make(model.blocks[i].attn, sink)))
+                raise TypeError(f"Block {i} of {name} has no fused qkv projection, so its {what} "
+                                "cannot be read; use a timm ViT with standard attention.")
+            return model.blocks[i].attn.qkv
 
-    batches = list(torch.split(images, batch_size))
-    # The static book draws no widget (a tqdm.auto bar there is an empty box): when the book
-    # build runs the notebook (VITREG_STATIC_BOOK, see vitreg_lib.explorer) there is no bar
-    # unless asked for, and an asked-for bar is plain text. Elsewhere: tqdm.auto.
+        try:
+            for i, sink in self.attention.items():
+                handles.append(qkv_of(i, "attention maps").register_forward_hook(
+                    _attention_hook(model.blocks[i].attn, layout.num_prefix, sink)))
+            for i, sink in self.mlp.items():
+                handles.append(model.blocks[i].mlp.fc2.register_forward_pre_hook(
+                    lambda _m, inp, sink=sink: sink.append(inp[0].detach().float().cpu())))
+            for i, sink in self.mid.items():
+                handles.append(model.blocks[i].norm2.register_forward_pre_hook(
+                    lambda _m, inp, sink=sink: sink.append(inp[0].detach().float().cpu())))
+            for what, sinks, make in (("received attention", self.received, _received_hook),
+                                      ("attention keys", self.keys, _keys_hook)):
+                for i, sink in sinks.items():
+                    handles.append(qkv_of(i, what).register_forward_hook(make(model.blocks[i].attn, sink)))
+        except Exception:
+            for h in handles:
+                h.remove()
+            raise
+        return handles
+
+    def check_fired(self, n_batch: int) -> None:
+        """Every hook fired exactly once per batch so far; else the results would be wrong.
+        The attention maps, computed where the model runs, then move to the CPU."""
+        for kind, name in self.HOOKED:
+            for i, sink in getattr(self, kind).items():
+                if len(sink) != n_batch:
+                    raise RuntimeError(f"The {name} hook of block {i} did not fire "
+                                       "exactly once; results would be wrong.")
+        for sink in self.attention.values():
+            sink[-1] = sink[-1].cpu()
+
+    def features(self, lm: LoadedModel, layout: TokenLayout, embeddings: bool) -> Features:
+        """The batches joined into :class:`Features`; tokens after the patches that the
+        model appended itself (test-time registers) are counted as the layout's ``extra``."""
+        extra = next(iter(self.tokens.values()))[0].shape[1] - layout.num_prefix - layout.num_patches
+        if extra != layout.extra:
+            layout = TokenLayout(layout.num_cls, layout.num_registers, layout.grid,
+                                 layout.patch_size, extra=extra)
+        joined = {kind: {k: _join(v) for k, v in getattr(self, kind).items()}
+                  for kind in ("tokens", "attention", "mlp", "mid", "received", "keys")}
+        return Features(model_name=lm.name, layout=layout, depth=len(lm.model.blocks),
+                        embeddings=_join(self.embeddings) if embeddings else None, **joined)
+
+
+def _forward(model: torch.nn.Module, xb: torch.Tensor, plan: _Plan, sinks: _Sinks) -> None:
+    """One batch through timm's steps (``forward_intermediates``'s), keeping the patch
+    embeddings, each kept block's output and the final normed output as planned; the
+    hooks fill the rest."""
+    x = model.patch_embed(xb)
+    if plan.embeddings:
+        sinks.embeddings.append(x.reshape(x.shape[0], -1, x.shape[-1]).float().cpu())
+    x = model._pos_embed(x)
+    x = model.patch_drop(x)
+    x = model.norm_pre(x)
+    for i in range(plan.last + 1):
+        x = model.blocks[i](x)
+        if i in sinks.tokens:
+            sinks.tokens[i].append(x.float().cpu())
+    if plan.final:
+        sinks.tokens["final"].append(model.norm(x).float().cpu())
+
+
+def _progress(batches: list, name: str, progress: bool | None):
+    """The batches, behind a progress bar when asked for (by default: more than one
+    batch). The static book draws no widget (a tqdm.auto bar there is an empty box): when
+    the book build runs the notebook (VITREG_STATIC_BOOK, see vitreg_lib.explorer) there
+    is no bar unless asked for, and an asked-for bar is plain text. Elsewhere: tqdm.auto."""
     static_book = bool(os.environ.get("VITREG_STATIC_BOOK"))
     show = (len(batches) > 1 and not static_book) if progress is None else progress
-    try:
-        if static_book:
-            from tqdm.std import tqdm
-        else:
-            from tqdm.auto import tqdm
+    if static_book:
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(batches, desc=f"features {name}", disable=not show)
 
+
+def _extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
+             layers: int | str | Iterable[int] | None, *, final: bool, attention: bool,
+             mlp: bool | Iterable[int], embeddings: bool, mid: bool, received: bool, keys: bool,
+             batch_size: int, progress: bool | None) -> Features:
+    """:func:`extract` without the cache: plan, hook, run the batches, join."""
+    plan, images, layout = _plan(lm, images, layers, final, attention, mlp, embeddings=embeddings,
+                                 mid=mid, received=received, keys=keys)
+    sinks = _Sinks(plan)
+    device = next(lm.model.parameters()).device
+    handles = sinks.hook(lm.model, lm.name, layout)
+    batches = list(torch.split(images, batch_size))
+    try:
         with torch.inference_mode():
-            for n_batch, xb in enumerate(tqdm(batches, desc=f"features {lm.name}",
-                                              disable=not show), start=1):
-                x = model.patch_embed(xb.to(device))
-                if embeddings:
-                    emb_sink.append(x.reshape(x.shape[0], -1, x.shape[-1]).float().cpu())
-                x = model._pos_embed(x)
-                x = model.patch_drop(x)
-                x = model.norm_pre(x)
-                for i in range(last + 1):
-                    x = model.blocks[i](x)
-                    if i in store:
-                        store[i].append(x.float().cpu())
-                if final:
-                    store["final"].append(model.norm(x).float().cpu())
-                for name, sinks in (("attention", attn_sinks), ("MLP", mlp_sinks),
-                                    ("norm2", mid_sinks), ("received-attention", recv_sinks),
-                                    ("keys", key_sinks)):
-                    for i, sink in sinks.items():
-                        if len(sink) != n_batch:
-                            raise RuntimeError(f"The {name} hook of block {i} did not fire "
-                                               "exactly once; results would be wrong.")
-                if attention:
-                    for i in take:
-                        attn_sinks[i][-1] = attn_sinks[i][-1].cpu()
+            for n_batch, xb in enumerate(_progress(batches, lm.name, progress), start=1):
+                _forward(lm.model, xb.to(device), plan, sinks)
+                sinks.check_fired(n_batch)
     finally:
         for h in handles:
             h.remove()
-
-    # tokens after the patches: those the model appended itself (test-time registers)
-    extra = next(iter(store.values()))[0].shape[1] - layout.num_prefix - layout.num_patches
-    if extra != layout.extra:
-        layout = TokenLayout(layout.num_cls, layout.num_registers, layout.grid,
-                             layout.patch_size, extra=extra)
-    return Features(
-        model_name=lm.name,
-        layout=layout,
-        depth=depth,
-        tokens={k: _join(v) for k, v in store.items()},
-        embeddings=_join(emb_sink) if embeddings else None,
-        attention={k: _join(v) for k, v in attn_sinks.items()},
-        mlp={k: _join(v) for k, v in mlp_sinks.items()},
-        mid={k: _join(v) for k, v in mid_sinks.items()},
-        received={k: _join(v) for k, v in recv_sinks.items()},
-        keys={k: _join(v) for k, v in key_sinks.items()},
-    )
+    return sinks.features(lm, layout, embeddings)
 
 
 def _join(chunks: list[torch.Tensor]) -> torch.Tensor:
