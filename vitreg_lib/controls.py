@@ -24,7 +24,7 @@ without registers and by less than 1 with them.
   dense one (the position probe on every patch token, or LOST CorLoc,
   :mod:`vitreg_lib.discovery`), each with a 95 % bootstrap interval over test images,
   its change from the no-control baseline on the same images (with a paired interval)
-  and a verdict in words.
+  and that change in words (``effect``).
 
 Decisions: the probes are fitted once on the clean model's features of the training
 images and evaluated under each control on the test images (a frozen head meeting
@@ -204,7 +204,8 @@ def replace_tokens(lm: LoadedModel, control: str, target: str = "registers",
 
 # --------------------------------------------------------------------------- effects on tasks
 
-def verdict(change: float, tolerance: float = 1.0, interval: tuple[float, float] | None = None) -> str:
+def describe_change(change: float, tolerance: float = 1.0,
+                    interval: tuple[float, float] | None = None) -> str:
     """A change (points) against the baseline, in words; with the change's 95 %
     ``interval``, a change beyond ``tolerance`` whose interval holds 0 says so."""
     if abs(change) <= tolerance:
@@ -323,7 +324,7 @@ def control_effects(lm: LoadedModel, images, labels, *, target: str = "registers
     (``control`` ``"none"`` is the baseline) with ``value``, ``low``, ``high`` (95 %
     bootstrap interval over the test images), ``change`` (points against the baseline on
     the same images) with its paired interval ``change_low``, ``change_high``, and
-    ``verdict`` (:func:`verdict` with ``tolerance``).
+    ``effect`` (:func:`describe_change` with ``tolerance``).
 
     ``images``: PIL images (or a preprocessed tensor, except for ``dense="lost"``, which
     needs PIL images and their ``boxes``); ``labels``: one class per image.
@@ -366,7 +367,7 @@ def _tidy(lm: LoadedModel, target: str, task: _Task, results: dict, tolerance: f
         for key, per_image in scores.items():
             stats = _paired_bootstrap(results["none"][key], per_image, seed=seed)
             words = ("baseline" if control == "none" else
-                     verdict(stats["change"], tolerance, (stats["change_low"], stats["change_high"])))
+                     describe_change(stats["change"], tolerance, (stats["change_low"], stats["change_high"])))
             rows.append(dict(model=lm.name, target=target, control=control, task=names[key][0],
-                             metric=names[key][1], **stats, verdict=words, images=len(per_image)))
+                             metric=names[key][1], **stats, effect=words, images=len(per_image)))
     return pd.DataFrame(rows)

@@ -241,8 +241,11 @@ def spread_layers(depth: int, count: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, depth - 1, min(count, depth))})
 
 
-def verdict(summary: dict) -> str:
-    """One sentence on a :func:`summarize` result, for the notebook to print."""
+def describe_outliers(summary: dict) -> str:
+    """One sentence on a :func:`summarize` result, for the notebook to print: how many
+    outliers the rule found and how far above the others they sit. (A description, not
+    a verdict: the one verdict, measured against the paper, is
+    :func:`vitreg_lib.paper.verdict`.)"""
     head = f"{summary['model']}, layer {summary['layer']}, {summary['rule']}: "
     if not summary["outliers"]:
         return head + (f"no outliers among {summary['tokens']} patch tokens — "
@@ -250,6 +253,10 @@ def verdict(summary: dict) -> str:
     return head + (f"{summary['outliers']} of {summary['tokens']} patch tokens "
                    f"({summary['outlier_pct']:.2f} %) are outliers; their median norm is "
                    f"{summary['norm_ratio']:.1f}x that of the others.")
+
+
+#: the name chapter 1 calls :func:`describe_outliers` by
+verdict = describe_outliers
 
 
 def split_layer(curves: pd.DataFrame, min_fraction: float = 0.002):

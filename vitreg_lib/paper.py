@@ -1,7 +1,30 @@
-"""The paper's own numbers (Darcet et al., ICLR 2024; follow-ups where named), keyed
-by finding, exactly as listed in the course's FINDINGS. Notebooks cite them from here
-and put them beside what they measure; nothing here is measured.
+"""The paper's findings and its own numbers (Darcet et al., ICLR 2024; follow-ups where
+named), keyed by finding, and the rule that judges a measured number against them.
+
+* :data:`FINDINGS` — every finding of the course, in the order of the book's "paper in
+  brief" page, with the title of its heading there (the scorecard groups its rows by it);
+* :data:`PAPER` — the paper's numbers per finding. Notebooks cite them from here and put
+  them beside what they measure; nothing here is measured;
+* :func:`verdict` — the scorecard's rule: *reproduced*, *not reproduced* or *not
+  comparable*, and the test that decided it.
 """
+
+from __future__ import annotations
+
+import math
+import re
+
+#: the findings in the order of the book's "paper in brief" page (book/paper.md), with
+#: the titles of its headings
+FINDINGS = {
+    "F1": "high-norm outlier tokens exist", "F2": "where and when the outliers appear",
+    "F3": "outliers sit on redundant patches", "F4": "outliers hold little local information",
+    "F5": "outliers hold global information", "F6": "the fix is registers", "F7": "the downstream effect",
+    "F8": "how many registers", "F9": "object discovery with LOST", "F10": "registers specialise",
+    "F11": "cleaner attention and feature maps", "T1": "test-time registers",
+    "T2": "do small models grow outliers?", "T3": "registers as fixed biases",
+    "T4": 'outliers as "do-nothing" attention',
+}
 
 PAPER: dict[str, dict] = {
     "F1": {
@@ -189,3 +212,67 @@ def lost_reference(family: str, registers: int, name: str = "", test_time: bool 
         return PAPER["T1"]["lost_voc07"]["test-time register"] if name == "dinov2_l" or stand_in else None
     value = corloc_reference(family, registers > 0)
     return corloc_reference("DINOv2", registers > 0) if value is None and stand_in else value
+
+
+# -- the scorecard's rule: a measured number against the paper's ---------------------------
+
+REL_TOL = 0.10  # exact paper value: |measured - paper| <= 10 % of |paper|
+APPROX_REL_TOL = 0.20  # "~ x" / "≈ x": within 20 % of x
+APPROX_ZERO_ABS = 0.5  # "≈ 0": |measured| <= 0.5 (the paper writes it for a percentage of tokens)
+
+REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not reproduced", "not comparable"
+
+_CLAIM = re.compile(r"^\s*(<=|>=|≤|≥|<|>|~|≈)?\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+
+
+def _number(x) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def format_number(x: float) -> str:
+    """A paper or measured number as the scorecard shows it (4 significant digits)."""
+    return f"{x:.4g}"
+
+
+def _within(m: float, x: float, rel: float) -> bool:
+    return abs(m - x) <= rel * abs(x) * (1 + 1e-9)  # the slack: 2.2 is within 10 % of 2.0
+
+
+def verdict(paper, value, comparable: str = "") -> tuple[str, str]:
+    """``(verdict, criterion)`` for one recorded number: :data:`NOT_COMPARABLE` when the
+    chapter marks it so (``comparable`` starts with "no"), nothing was measured or the
+    paper's value is not a number, a two-number range or a comparison (``"< 2"``,
+    ``"~ 6"``); else :data:`REPRODUCED` when ``value`` is within :data:`REL_TOL` of an
+    exact paper value, within :data:`APPROX_REL_TOL` of an approximate one (``"≈ 0"``: at
+    most :data:`APPROX_ZERO_ABS` from zero), inside a range or on the right side of a
+    bound; else :data:`NOT_REPRODUCED`. ``criterion`` names the test, in a few words."""
+    if comparable.strip().lower().startswith("no"):
+        return NOT_COMPARABLE, "marked no"
+    m = _number(value)
+    if m is None:
+        return NOT_COMPARABLE, "not measured"
+    p = _number(paper)
+    if p is not None:
+        ok = _within(m, p, REL_TOL)
+        return (REPRODUCED if ok else NOT_REPRODUCED), f"within {REL_TOL * 100:g} % of {format_number(p)}"
+    if isinstance(paper, (list, tuple)) and len(paper) == 2 and None not in map(_number, paper):
+        lo, hi = sorted(map(float, paper))
+        return ((REPRODUCED if lo <= m <= hi else NOT_REPRODUCED),
+                f"between {format_number(lo)} and {format_number(hi)}")
+    match = _CLAIM.match(paper) if isinstance(paper, str) else None
+    if match is None:
+        return NOT_COMPARABLE, "paper value not a number"
+    op, x = match.group(1) or "", float(match.group(2))
+    if op in ("~", "≈"):
+        if x == 0:
+            return (REPRODUCED if abs(m) <= APPROX_ZERO_ABS else NOT_REPRODUCED,
+                    f"at most {APPROX_ZERO_ABS:g} from 0")
+        ok = _within(m, x, APPROX_REL_TOL)
+        return ((REPRODUCED if ok else NOT_REPRODUCED),
+                f"within {APPROX_REL_TOL * 100:g} % of {format_number(x)}")
+    tests = {"<": m < x, ">": m > x, "<=": m <= x, "≤": m <= x, ">=": m >= x, "≥": m >= x,
+             "": _within(m, x, REL_TOL)}
+    criterion = f"{op} {format_number(x)}" if op else f"within {REL_TOL * 100:g} % of {format_number(x)}"
+    return (REPRODUCED if tests[op] else NOT_REPRODUCED), criterion
