@@ -131,7 +131,7 @@ def load_image(path: str | Path) -> Image.Image:
 SHAPES = ("square", "circle", "triangle")
 #: the trigger shape: drawn only when ``make_scenes(trigger=p)`` asks for it, with
 #: probability ``p`` per image, in place of one ordinary object (a rare event that some
-#: heads must react to and otherwise ignore: the *no-op* setting of issue 9)
+#: heads must react to and otherwise ignore: the mini-lab's *no-op* setting)
 TRIGGER = "cross"
 
 
