@@ -660,7 +660,9 @@ def summarize_log(log: list[dict], min_fraction: float = 0.002) -> dict:
 def _parser(config: type, presets: dict, module: str, description: str) -> argparse.ArgumentParser:
     """The command line of ``python -m MODULE``: the run's options and one flag per
     field of ``config``."""
-    p = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    lab = "" if module != "vitreg_lib.train" else \
+        "The mini-lab's presets and levers are python -m vitreg_lib.lab.train's."
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=description, epilog=lab)
     p.add_argument("--preset", choices=sorted(presets), help="the recipe (not with --resume)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
