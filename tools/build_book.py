@@ -195,21 +195,24 @@ def failure_note(runs: list[dict]) -> str:
 
 
 def status_table(runs: list[dict]) -> str:
+    """This build's line and one row per chapter (narrow enough for the book's column: the
+    tier and mode are said once, an error is in the FAILED box above)."""
     tiers = sorted({r["tier"] for r in runs})
     modes = sorted({r["mode"] for r in runs})
     profiles = sorted({r.get("profile", "full") for r in runs})
     lines = [f"This build: **{', '.join(tiers)}** tier, **{', '.join(modes)}** mode, "
              f"**{', '.join(profiles)}** profile.", "",
-             "| chapter | status | mode | tier | minutes | peak RAM (GB) | cache saved (min) | models |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| chapter | status | min | peak RAM (GB) | cache saved (min) | models |",
+             "|---|---|---|---|---|---|"]
     for r in runs:
         peak = "n/a" if r.get("peak_gb") is None else f"{r['peak_gb']:.2f}"
-        lines.append(f"| {r['notebook']} | {r['status']} | {r['mode']} | {r['tier']} | "
-                     f"{r['seconds'] / 60:.1f} | {peak} | {r.get('cache_saved_s', 0) / 60:.1f} | "
-                     f"{', '.join(r['models']) or '(none recorded)'} |")
+        status = "ok" if r["status"] == "ok" else "**failed** (above)"
+        models = ", ".join(r["models"]) or "(none recorded)"
+        lines.append(f"| {Path(r['notebook']).stem} | {status} | {r['seconds'] / 60:.1f} | {peak} | "
+                     f"{r.get('cache_saved_s', 0) / 60:.1f} | {models} |")
     total = sum(r["seconds"] for r in runs) / 60
     lines += ["", f"All chapters: {total:.1f} min; the largest peak RAM of one chapter's kernel: "
-                  f"{max((r.get('peak_gb') or 0) for r in runs):.2f} GB."]
+                  f"{max((r.get('peak_gb') or 0) for r in runs):.2f} GB (Linux `VmHWM`)."]
     return "\n".join(lines)
 
 
