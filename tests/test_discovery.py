@@ -312,3 +312,20 @@ def test_discover_in_chunks_keeps_the_same_boxes_and_the_norm_maps_of_one_pass()
     expect = outliers.patch_norm_maps(features.extract(lm, images, layers=[-1]), -1)
     np.testing.assert_allclose(parts.norm_maps, expect, rtol=1e-6)
     assert plain.norm_maps is None and parts.subset([1, 4]).norm_maps.shape == (2, 8, 8)
+
+
+def test_discover_models_gives_each_model_its_own_run():
+    import warnings
+
+    from vitreg_lib.data import make_scenes
+    from vitreg_lib.discovery import discover, discover_models
+    from vitreg_lib.models import load_model
+
+    images = make_scenes(4, seed=2).pil()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        many = discover_models(["mini_reg0", "mini_reg4"], images, k=9, norms=True)
+        one = discover(load_model("mini_reg4"), images, k=9, norms=True)
+    assert list(many) == ["mini_reg0", "mini_reg4"] and many["mini_reg4"].model_name == "mini_reg4"
+    assert np.array_equal(many["mini_reg4"].boxes, one.boxes)
+    assert np.array_equal(many["mini_reg4"].norm_maps, one.norm_maps)
