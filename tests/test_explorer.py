@@ -14,7 +14,7 @@ from conftest import tiny
 from PIL import Image
 
 from vitreg_lib import explorer
-from vitreg_lib.features import extract
+from vitreg_lib.features import extract, progress_bar
 from vitreg_lib.outliers import HistogramGap, MeanStd, Percentile, detect, patch_norm_maps
 
 RULES = [HistogramGap(), Percentile(90), MeanStd(1.0)]
@@ -139,6 +139,8 @@ def test_progress_bars_in_the_static_book_are_text_or_nothing(monkeypatch, capsy
     monkeypatch.delenv(explorer.STATIC_BOOK_ENV)
     extract(lm, x, layers=[-1], batch_size=2)
     assert made[-1][1] is False  # outside the book: tqdm.auto's bar, as before
+    monkeypatch.setenv(explorer.STATIC_BOOK_ENV, "1")  # the one bar every batched loop goes through
+    assert list(progress_bar([1, 2], "register neurons")) == [1, 2] and made[-1] == ("tqdm.std", True)
 
 
 # --------------------------------------------------------------------------- in a real browser

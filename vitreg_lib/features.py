@@ -403,18 +403,19 @@ def _forward(model: torch.nn.Module, xb: torch.Tensor, plan: _Plan, sinks: _Sink
         sinks.tokens["final"].append(model.norm(x).float().cpu())
 
 
-def _progress(batches: list, name: str, progress: bool | None):
+def progress_bar(batches: list, desc: str, progress: bool | None = None):
     """The batches, behind a progress bar when asked for (by default: more than one
     batch). The static book draws no widget (a tqdm.auto bar there is an empty box): when
     the book build runs the notebook (VITREG_STATIC_BOOK, see vitreg_lib.explorer) there
-    is no bar unless asked for, and an asked-for bar is plain text. Elsewhere: tqdm.auto."""
+    is no bar unless asked for, and an asked-for bar is plain text. Elsewhere: tqdm.auto.
+    Every batched loop of the library that shows progress goes through here."""
     static_book = bool(os.environ.get("VITREG_STATIC_BOOK"))
     show = (len(batches) > 1 and not static_book) if progress is None else progress
     if static_book:
         from tqdm.std import tqdm
     else:
         from tqdm.auto import tqdm
-    return tqdm(batches, desc=f"features {name}", disable=not show)
+    return tqdm(batches, desc=desc, disable=not show)
 
 
 def _extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
@@ -430,7 +431,7 @@ def _extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     batches = list(torch.split(images, batch_size))
     try:
         with torch.inference_mode():
-            for n_batch, xb in enumerate(_progress(batches, lm.name, progress), start=1):
+            for n_batch, xb in enumerate(progress_bar(batches, f"features {lm.name}", progress), start=1):
                 _forward(lm.model, xb.to(device), plan, sinks)
                 sinks.check_fired(n_batch)
     finally:
