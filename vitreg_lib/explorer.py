@@ -44,7 +44,8 @@ Where the plotting library comes from (``plotlyjs``):
 
 Progress bars (issue 32): a tqdm bar in a notebook is an ipywidget, which the static
 book cannot draw (an empty box). When :data:`STATIC_BOOK_ENV` is set (the book build sets
-it for the kernels it runs), :func:`vitreg_lib.features.extract` draws no bar; elsewhere
+it for the kernels it runs), :func:`vitreg_lib.features.progress_bar` (the bar of
+:func:`~vitreg_lib.features.extract`) draws none unless asked, and then as plain text; elsewhere
 it keeps ``tqdm.auto`` (a widget in a notebook, text in a terminal).
 
 The analyses never import this module; it reads :mod:`~vitreg_lib.features` and
