@@ -31,7 +31,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_DIR = "_build"  # OUT, relative to the repository root, unless --out / VITREG_BUILD_DIR
-CELL_TIMEOUT_S = 900  # a cell that runs longer fails the build instead of hanging it
+CELL_TIMEOUT_S = 1800  # a cell that runs longer fails the build instead of hanging it (a publish
+# chapter's longest cell, LOST on four models, took ~12 min on 2 loaded cores)
 
 
 def html_dir(out: Path) -> Path:
@@ -331,6 +332,16 @@ def headline_section(out: Path) -> str:
     return f"```{{figure}} ../{HEADLINE_FILE}\n:width: 100%\n\n{found[1]}\n```"
 
 
+def copy_without_widget_state(src: Path, dst: Path) -> None:
+    """Copy an executed notebook without its saved ipywidgets state: the kernel widgets
+    are for Colab (their outputs are removed from the page), and with that state in the
+    notebook the book loads two widget scripts from a CDN on every page that has it, which
+    fail with no network (the in-page explorer needs neither)."""
+    nb = json.loads(Path(src).read_text())
+    nb.get("metadata", {}).pop("widgets", None)
+    Path(dst).write_text(json.dumps(nb, indent=1, ensure_ascii=False))
+
+
 def stage(out: Path, runs: list[dict], info: dict | None = None) -> Path:
     st = out / "stage"
     if st.exists():
@@ -359,7 +370,7 @@ def stage(out: Path, runs: list[dict], info: dict | None = None) -> Path:
         shutil.copytree(ROOT / "experiments" / "figures", st / "experiments" / "figures")
     for nb in notebooks():
         (st / nb).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out / "executed" / nb, st / nb)
+        copy_without_widget_state(out / "executed" / nb, st / nb)
     intro = st / "book" / "intro.md"
     tiers = sorted({r["tier"] for r in runs})
     profile = runs[0].get("profile", "full") if runs else "full"

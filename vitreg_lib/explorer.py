@@ -42,7 +42,7 @@ Where the plotting library comes from (``plotlyjs``):
 * ``"auto"`` (the default): ``"static"`` when :data:`STATIC_BOOK_ENV` is set, else
   ``"inline"``.
 
-Progress bars (issue 32): a tqdm bar in a notebook is an ipywidget, which the static
+Progress bars: a tqdm bar in a notebook is an ipywidget, which the static
 book cannot draw (an empty box). When :data:`STATIC_BOOK_ENV` is set (the book build sets
 it for the kernels it runs), :func:`vitreg_lib.features.progress_bar` (the bar of
 :func:`~vitreg_lib.features.extract`) draws none unless asked, and then as plain text; elsewhere

@@ -82,7 +82,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .features import Features, extract
+from .features import Features, extract, progress_bar
 from .models import LoadedModel
 from .outliers import (
     HistogramGap,
@@ -380,11 +380,8 @@ def find_register_neurons(lm: LoadedModel, images: torch.Tensor | Sequence[Image
     layers = list(range(search.max_layer + 1))
     total = torch.zeros(len(layers), lm.model.blocks[0].mlp.fc2.in_features, dtype=torch.float64)
     n_used = flagged = searched = 0
-    from tqdm.auto import tqdm
-
     batches = list(torch.split(x, batch_size))
-    show = len(batches) > 1 if progress is None else progress
-    for xb in tqdm(batches, desc=f"register neurons {lm.name}", disable=not show):
+    for xb in progress_bar(batches, f"register neurons {lm.name}", progress):
         feats = extract(lm, xb, layers=[search.detect_layer], mlp=layers, batch_size=len(xb),
                         progress=False)
         scores, mask = _batch_scores(feats, search, layers)
