@@ -255,9 +255,6 @@ def describe_outliers(summary: dict) -> str:
                    f"{summary['norm_ratio']:.1f}x that of the others.")
 
 
-#: the name chapter 1 calls :func:`describe_outliers` by
-verdict = describe_outliers
-
 
 def split_layer(curves: pd.DataFrame, min_fraction: float = 0.002):
     """The first layer of a :func:`layer_curves` table where the rule flags at least
