@@ -212,6 +212,8 @@ def test_a_failed_chapter_fails_the_build_after_every_chapter_ran(tmp_path, monk
 
 def test_repository_url_is_one_setting():
     check_one_setting(ROOT)
+    readme = (ROOT / "README.md").read_text()  # the headline figure by the site's fixed address
+    assert f"({build_book.book_url()}{build_book.HEADLINE_FILE})" in readme
     assert build_book.book_url("https://github.com/Some-One/my-fork/") == "https://some-one.github.io/my-fork/"
     assert build_book.book_url("https://github.com/ana/ana.github.io") == "https://ana.github.io/"
 
