@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .features import Features, extract
+from .features import Features, HookSet, extract
 from .models import LoadedModel
 
 TARGETS = ("registers", "cls", "extra")
@@ -115,31 +115,17 @@ def calibrate(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image], tar
     return Calibration(lm.name, target, mean.float(), var.float(), len(x))
 
 
-class TokenControl:
+class TokenControl(HookSet):
     """Handle of :func:`replace_tokens`: ``model`` is the controlled model (the same
     module); :meth:`remove` (or leaving a ``with`` block) takes every hook off."""
 
     def __init__(self, lm: LoadedModel, control: str, target: str):
-        self.model, self.control, self.target = lm, control, target
-        self._handles: list = []
-
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        super().__init__(lm)
+        self.control, self.target = control, target
 
     def describe(self) -> str:
         return f"{self.target} replaced by {self.control} at every block output of {self.model.name}"
 
-    def __enter__(self) -> LoadedModel:
-        return self.model
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
 
 def _check_calibration(lm: LoadedModel, target: str, calibration: Calibration | None) -> None:

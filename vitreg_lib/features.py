@@ -460,3 +460,29 @@ def extract_models(names: Iterable[str], images: torch.Tensor | Sequence[Image.I
         del lm
         gc.collect()
     return out
+
+
+class HookSet:
+    """Forward hooks put on a model together and taken off together: a ``with`` block gives
+    :attr:`model` (the model the hooks change) and removes every hook on exit. The library's
+    in-place edits (test-time registers, register-content controls) are such sets."""
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self._handles: list = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def remove(self) -> None:
+        """Take every hook off."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> LoadedModel:
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        self.remove()

@@ -82,7 +82,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .features import Features, extract, progress_bar
+from .features import Features, HookSet, extract, progress_bar
 from .models import LoadedModel
 from .outliers import (
     HistogramGap,
@@ -471,7 +471,7 @@ VALUES = ("layer_signed_max", "neuron_patch_max")
 POSITIONS = ("before_norm_pre", "after_norm_pre")
 
 
-class TestTimeRegisters:
+class TestTimeRegisters(HookSet):
     """Handle of an applied test-time-register fix (see :func:`add_test_time_registers`).
 
     ``model`` is a :class:`LoadedModel` over the same module whose layout reports the
@@ -489,31 +489,18 @@ class TestTimeRegisters:
         self.position = position
         spec = dataclasses.replace(lm.spec, name=f"{lm.name}+ttr{n_tokens}",
                                    note=f"{lm.spec.note or lm.name} + {n_tokens} test-time register(s)")
-        self.model = dataclasses.replace(lm, spec=spec, extra_tokens=lm.extra_tokens + n_tokens)
-        self._handles: list = []
+        super().__init__(dataclasses.replace(lm, spec=spec, extra_tokens=lm.extra_tokens + n_tokens))
         self._patched_head = False
-
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
 
     def remove(self) -> None:
         """Remove every hook and patch; the module is as before :func:`add_test_time_registers`."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        super().remove()
         module = self.base.model
         if self._patched_head:
             del module.forward_head
             self._patched_head = False
         if getattr(module, _MARK, None) is self:
             delattr(module, _MARK)
-
-    def __enter__(self) -> LoadedModel:
-        return self.model
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
 
 def _neuron_map(neurons) -> dict[int, list[int]]:
