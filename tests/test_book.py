@@ -9,14 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from conftest import Page
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import build_book  # noqa: E402
 
-from vitreg_lib import data, features, outliers  # noqa: E402
+from vitreg_lib import data, explorer, features, outliers  # noqa: E402
 from vitreg_lib.config import settings  # noqa: E402
 from vitreg_lib.models import load_model  # noqa: E402
 from vitreg_lib.paper import PAPER  # noqa: E402
@@ -388,3 +390,76 @@ def test_the_intro_note_follows_the_tier():
     note = build_book.tier_note(["pretrained"])
     assert "**pretrained** tier" in note and "scorecard" in note and "mini" not in note
     assert note.startswith("```{important}") and note.endswith("```")
+
+
+# --------------------------------------------------------------------------- the explorers, in a real browser
+
+EXPLORER_CHAPTERS = ["01_high_norm_tokens", "02_where_and_when", "05_registers", "06_test_time_registers"]
+
+
+def open_explorer(browser, built, stem: str):
+    """The built chapter page opened from disk, network blocked, its explorer drawn."""
+    page = Page(browser, (built / "_build" / "html" / "notebooks" / f"{stem}.html").as_uri(), width=1280)
+    page.ready()
+    return page
+
+
+def slide_to(page, position: int, layers: list[int]) -> None:
+    page.move_slider_to(position, len(layers))
+    page.page.wait_for_function("layer => Array.from(document.querySelectorAll("
+                                "'.js-plotly-plot .annotation-text')).some(a => a.textContent"
+                                ".includes('layer ' + layer))", layers[position])
+
+
+@pytest.mark.parametrize("stem", EXPLORER_CHAPTERS)
+def test_each_built_explorer_slides_through_its_layers_offline(built, browser, stem):
+    """The published page, as a reader without a kernel gets it: the slider redraws the maps
+    with the layer's values, hover names a norm, nothing asks for the network, no widget box."""
+    path = built / "_build" / "html" / "notebooks" / f"{stem}.html"
+    html = path.read_text()
+    assert path.stat().st_size <= 5_000_000, f"{stem}: {path.stat().st_size / 1e6:.1f} MB"
+    assert "application/vnd.jupyter.widget-view+json" not in html  # no empty widget boxes (tqdm, ipywidgets)
+    page = open_explorer(browser, built, stem)
+    payload = page.payload()
+    decoded = {m["name"]: explorer.decode(m) for m in payload["models"]}
+    layers, grid = payload["models"][0]["layers"], payload["models"][0]["grid"]
+    assert len(layers) >= 2, "the book's explorer must offer more than one block"
+
+    def drawn_are(position: int) -> list[np.ndarray]:
+        maps = []
+        for t in page.traces("norm"):
+            expect = decoded[t["name"]]["norms"][position, 0].reshape(grid)
+            z = np.asarray(t["z"], dtype=float)
+            assert np.allclose(z, expect, rtol=1e-6, atol=1e-6), (stem, t["name"], position)
+            maps.append(expect)
+        assert maps, stem
+        return maps
+
+    last = drawn_are(len(layers) - 1)  # the default view: the last block
+    slide_to(page, 0, layers)
+    first = drawn_are(0)
+    assert any(not np.allclose(a, b) for a, b in zip(first, last)), f"{stem}: the maps did not change"
+    text = page.hover_patch(page.trace_index("norm"), 0, 0)
+    assert re.search(r"norm [\d.]+", text) and re.search(r"rank \d+ of \d+", text), text
+    assert not page.errors, page.errors
+    assert not page.blocked, page.blocked
+
+
+def test_chapter1_explorer_draws_what_the_library_computes(built, browser):
+    """Chapter 1's explorer, slid to the first block, draws the library's patch norms of the
+    chapter's models on the chapter's images (recomputed here), within the page's 8-bit step."""
+    page = open_explorer(browser, built, "01_high_norm_tokens")
+    payload = page.payload()
+    layers = payload["models"][0]["layers"]
+    s = settings("mini", smoke=True)
+    imgs = data.analysis_images(s.n_photos, s.n_scenes, seed=0, photos=s.photos)
+    shown = [im["name"] for im in payload["images"]]
+    image = list(imgs.images).index(shown[0])
+    slide_to(page, 0, layers)
+    drawn = page.traces("norm")
+    assert [t["name"] for t in drawn] == list(s.pairs[0])  # the pair without and with registers
+    for t in drawn:
+        f = features.extract(load_model(t["name"]), list(imgs.images.values()), layers="all")
+        every = outliers.patch_norm_maps(f, layers[0])
+        step = (every.max() - every.min()) / 255  # the page's step: one per model and layer, over every image
+        assert np.abs(np.asarray(t["z"]) - every[image]).max() <= step / 2 * (1 + 1e-5) + 1e-6, t["name"]

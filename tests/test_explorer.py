@@ -3,14 +3,12 @@ numbers within the stated precision, and a real browser (Debian's chromium drive
 Playwright, network blocked) draws those numbers from a page opened from disk."""
 
 import json
-import os
 import re
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny
+from conftest import Page, tiny
 from PIL import Image
 
 from vitreg_lib import explorer
@@ -147,88 +145,6 @@ def test_progress_bars_in_the_static_book_are_text_or_nothing(monkeypatch, capsy
 
 #: the system browser Playwright drives (its own browser download is not used):
 #: $VITREG_CHROMIUM, else Debian's chromium, else another Chromium found on the machine
-BROWSERS = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
-INSTALL = "apt-get update && apt-get install -y chromium; pip install playwright"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium through Playwright, or a visible skip naming the install commands."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip(f"playwright is not installed; to run the browser tests: {INSTALL}")
-    found = [b for b in ([os.environ.get("VITREG_CHROMIUM")] + BROWSERS) if b and shutil.which(b)]
-    if not found:
-        pytest.skip(f"no chromium at {', '.join(BROWSERS)}; to run the browser tests: {INSTALL}")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=found[0], args=ARGS)
-        yield b
-        b.close()
-
-
-class Page:
-    """A page opened from disk with every request that is not a file blocked, and its
-    console errors, uncaught exceptions and blocked requests recorded."""
-
-    def __init__(self, browser, url: str, width: int = 1000):
-        self.errors, self.blocked = [], []
-        self.page = browser.new_page(viewport={"width": width, "height": 1200})
-        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.route("**/*", self._route)
-        self.page.goto(url)
-
-    def _route(self, route):
-        if route.request.url.startswith("file://"):
-            route.continue_()
-        else:
-            self.blocked.append(route.request.url)
-            route.abort()
-
-    def ready(self, selector: str = ".js-plotly-plot[data-ready='1']") -> None:
-        self.page.wait_for_selector(selector, timeout=30_000)
-
-    def traces(self, meta: str) -> list[dict]:
-        """The drawn traces tagged ``meta`` (norm, cls, register, histogram) of the first explorer."""
-        return self.page.evaluate("""meta => Array.from(document.querySelector('.js-plotly-plot').data)
-            .filter(t => t.meta === meta).map(t => ({name: t.name, z: t.z, y: t.y}))""", meta)
-
-    def titles(self) -> str:
-        return " | ".join(self.page.locator(".js-plotly-plot .annotation-text").all_text_contents())
-
-    def flagged(self) -> list[list]:
-        return self.page.evaluate("""() => Array.from(document.querySelector('.js-plotly-plot').data)
-            .filter(t => t.name === 'flagged').map(t => t.x.map((x, i) => [t.y[i], x]))""")
-
-    def move_slider_to(self, step: int, steps: int) -> None:
-        """Click the layer slider's rail at ``step`` (a real mouse click)."""
-        box = self.page.locator(".js-plotly-plot .slider-rail-rect").first.bounding_box()
-        pad = 8  # the rail's rounded ends; the steps sit between them
-        x = box["x"] + pad + (box["width"] - 2 * pad) * step / max(steps - 1, 1)
-        self.page.mouse.click(x, box["y"] + box["height"] / 2)
-
-    def hover_patch(self, trace: int, row: int, col: int) -> str:
-        """Move the mouse over one patch of heatmap ``trace``; the hover label's text."""
-        xy = self.page.evaluate("""([t, r, c]) => {
-            const gd = document.querySelector('.js-plotly-plot'), tr = gd._fullData[t];
-            const xa = gd._fullLayout[tr.xaxis.replace('x', 'xaxis')];
-            const ya = gd._fullLayout[tr.yaxis.replace('y', 'yaxis')];
-            const box = gd.getBoundingClientRect();
-            return [box.left + xa._offset + xa.d2p(c), box.top + ya._offset + ya.d2p(r)];
-        }""", [trace, row, col])
-        self.page.mouse.move(*xy)
-        self.page.wait_for_selector(".js-plotly-plot .hoverlayer .hovertext", timeout=5_000)
-        return " ".join(self.page.locator(".js-plotly-plot .hoverlayer .hovertext").all_text_contents())
-
-    def pick(self, menu: int, item: int) -> None:
-        """Open dropdown ``menu`` (0: model, 1: image, 2: register) and click its ``item``."""
-        self.page.locator(".js-plotly-plot .updatemenu-header-group").nth(menu).click()
-        self.page.locator(".js-plotly-plot .updatemenu-dropdown-button").nth(item).click()
-
-
 def test_a_browser_with_no_network_draws_the_librarys_norms(browser, pair, tmp_path):
     feats, images = pair
     rule = Percentile(90)  # flags 10 %, so the outlined patches can be checked
