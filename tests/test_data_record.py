@@ -274,3 +274,69 @@ def test_shape_counts_label_counts_each_shape():
     assert s.num_classes("shape_counts") == 125 and y.max() < 125
     with pytest.raises(ValueError, match="no trigger"):
         make_scenes(20, seed=1, size=32, trigger=0.9).label("shape_counts")
+
+
+def test_paper_table_cells_are_short_with_one_missing_marker_and_numbered_notes(tmp_path):
+    from vitreg_lib.record import MISSING, format_value, verdict_word
+
+    cases = [(2.3456, "2.35"), (0.000123456, "0.000123"), (12345.6, "12300"), (1.5e7, "1.5e+07"),
+             (7, "7"), (np.int64(7), "7"), (np.float32(0.3333333), "0.333"), (None, MISSING),
+             (float("nan"), MISSING), (float("inf"), MISSING), ((0, 100), "0 to 100"),
+             ([1.23456, 2, 3], "[1.23, 2, 3]"), ({"a": 1.23456}, "a: 1.23"), ("< 2", "< 2")]
+    assert [format_value(x) for x, _ in cases] == [shown for _, shown in cases]
+    assert verdict_word("no: the paper's is ViT-g") == ("no", "the paper's is ViT-g")
+    assert verdict_word("Yes") == ("yes", "") and verdict_word("") == (MISSING, "")
+    assert verdict_word("same quantity, tiny model") == ("partly", "same quantity, tiny model")
+    assert verdict_word("nothing alike") == ("partly", "nothing alike")  # "no" only as a whole word
+
+    rec = Recorder("nb", results_dir=tmp_path, show=False)
+    rec("outlier_pct_mini_reg0", np.float32(1.234567), paper=2.37, model="mini_reg0",
+        note="last block, gap rule", comparable="no: paper is ViT-g")
+    rec("norm_ratio_mini_reg0", float("nan"), paper=10.0, model="mini_reg0", note="last block, gap rule",
+        comparable="no: paper is ViT-g")  # the same text: the same note number
+    rec("outlier_pct_mini_reg4", 0.0, paper="≈ 0 (the high-norm mode disappears)", model="mini_reg4",
+        comparable="yes")
+    rec("count", 3)
+    table = rec.table(list(rec.entries))
+    assert table.rows == [
+        dict(quantity="outlier_pct_mini_reg0", paper="2.37", here="1.23", model="mini_reg0", comparable="no",
+             note="1"),
+        dict(quantity="norm_ratio_mini_reg0", paper="10", here=MISSING, model="mini_reg0", comparable="no",
+             note="1"),
+        dict(quantity="outlier_pct_mini_reg4", paper="≈ 0", here="0", model="mini_reg4", comparable="yes",
+             note="2"),
+        dict(quantity="count", paper=MISSING, here="3", model=MISSING, comparable=MISSING, note="")]
+    assert table.notes == ["comparable: paper is ViT-g; last block, gap rule",
+                           "paper: ≈ 0 (the high-norm mode disappears)"]
+
+    html = table._repr_html_()
+    assert "table-layout:fixed" in html and "width:100%" in html and "overflow-wrap:anywhere" in html
+    assert "outlier_<wbr>pct_<wbr>mini_<wbr>reg0" in html  # long names wrap at "_"
+    body = html[html.index("<tbody>"):html.index("</tbody>")]
+    assert "gap rule" not in body and "paper is ViT-g" not in body  # the long texts are notes...
+    assert html.index("</table>") < html.index("<ol") < html.index("last block, gap rule")  # ...under it
+    for text in (html, repr(table), table._repr_markdown_()):
+        assert "nan" not in text.lower() and "None" not in text and "1.2345" not in text
+        assert "Notes:" in text and "1.23" in text and MISSING in text
+    assert repr(table).splitlines()[0].split() == list(table.COLUMNS)
+    assert "| outlier\\_pct\\_mini\\_reg0 | 2.37 | 1.23 | mini\\_reg0 | no | 1 |" in table._repr_markdown_()
+
+
+def test_the_raw_table_stays_a_dataframe(tmp_path):
+    import pandas as pd
+
+    rec = Recorder("nb", results_dir=tmp_path, show=False)
+    rec("a", 1.234567, paper=2.37, model="m", note="n", comparable="no: x")
+    rec("b", None, paper=(1, 2))
+    rec("c", 3)  # no paper value: not in the default table
+    raw = rec.frame()
+    assert isinstance(raw, pd.DataFrame) and list(raw.columns) == ["quantity", "paper", "here", "model",
+                                                                    "comparable", "note"]
+    assert list(raw["quantity"]) == ["a", "b"] and raw["here"][0] == pytest.approx(1.234567)
+    assert raw.loc[0, "comparable"] == "no: x" and raw.loc[0, "note"] == "n"  # the texts in full
+    table = rec.table()
+    pd.testing.assert_frame_equal(table.frame, raw)
+    assert list(table["quantity"]) == ["a", "b"] and len(table) == 2
+    assert list(table.columns) == list(raw.columns)
+    assert list(rec.frame(names=["c"])["here"]) == [3]
+    assert rec.table(names=[])._repr_html_() == "<p><em>No recorded number has a paper value.</em></p>"
