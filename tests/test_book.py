@@ -463,3 +463,24 @@ def test_chapter1_explorer_draws_what_the_library_computes(built, browser):
         every = outliers.patch_norm_maps(f, layers[0])
         step = (every.max() - every.min()) / 255  # the page's step: one per model and layer, over every image
         assert np.abs(np.asarray(t["z"]) - every[image]).max() <= step / 2 * (1 + 1e-5) + 1e-6, t["name"]
+
+
+def test_the_lab_page_sums_the_search_up_and_the_full_log_is_not_a_page(built):
+    """The mini-lab's page is one a reader finishes: under 1,500 words of text, its figures,
+    and no word of how the project is run; the full log (experiments/RESULTS.md) stays a
+    repository file that the page links, not a page of the book."""
+    from html import unescape
+
+    html = built / "_build" / "html"
+    page = (html / "book" / "lab.html").read_text()
+    article = page[page.index('<article class="bd-article"'):page.index("</article>")]
+    text = unescape(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", " ", article, flags=re.S)))
+    words = [w for w in text.split() if re.search(r"\w", w)]
+    assert 600 < len(words) < 1500, len(words)
+    assert not re.search(r"\b(issues?|sessions?|tickets?)\b", text, re.I), \
+        re.search(r".{40}\b(issues?|sessions?|tickets?)\b.{40}", text, re.I | re.S)
+    assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", article)) >= 2
+    assert f'href="{build_book.repo_file_url("experiments/RESULTS.md")}"' in article
+    assert not (html / "experiments" / "RESULTS.html").exists()
+    assert not [p.name for p in html.rglob("*.html") if "RESULTS.html" in p.read_text()]
+    assert 'href="lab.html"' in (html / "book" / "intro.html").read_text()  # in the book's contents

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,25 @@ def book_url(url: str | None = None, root: Path = ROOT) -> str:
     owner, repo = url.split("github.com/")[-1].split("/")[:2]
     host = f"{owner.lower()}.github.io"
     return f"https://{host}/" if repo.lower() == host else f"https://{host}/{repo}/"
+
+
+def repo_file_url(path: str, root: Path = ROOT) -> str:
+    """A file's address in the repository, derived from ``repository.url`` and ``branch``."""
+    repo = repo_settings(root)
+    return f"{repo['url'].rstrip('/')}/blob/{repo['branch']}/{path}"
+
+
+#: a book page's relative link to a repository file that is not a page of the book
+#: (``[the full log](../experiments/RESULTS.md)``: it works on GitHub's view of the page)
+REPO_FILE_LINK = re.compile(r"\]\(\.\./((?:experiments|docs)/[^)\s]+)\)")
+#: a mini-lab figure that a book page shows
+LAB_FIGURE = re.compile(r"\.\./experiments/figures/([\w.-]+\.png)")
+
+
+def repo_links(text: str, root: Path = ROOT) -> str:
+    """Point a page's relative links to non-page repository files at their repository
+    address, so that the built book (warnings as errors) has no broken reference."""
+    return REPO_FILE_LINK.sub(lambda m: f"]({repo_file_url(m.group(1), root)})", text)
 
 
 def chapter_table(root: Path = ROOT) -> str:
@@ -290,7 +310,7 @@ TIER_NOTES = {
         "The figures in this build come from the **mini** tier, not from the paper's models. "
         "The mini models are small and briefly trained, and so far they show no high-norm tokens. "
         "The mini-lab's search for a recipe that makes them emerge is logged, failures included, "
-        "on the {doc}`mini-lab page </experiments/RESULTS>`. Read the mini-tier figures as a "
+        "on the {doc}`mini-lab page </book/lab>`. Read the mini-tier figures as a "
         "demonstration of the method, not as a check of the paper's numbers. To get the paper's "
         "models, run a chapter on the pretrained tier."),
     "pretrained": (
@@ -364,10 +384,13 @@ def stage(out: Path, runs: list[dict], info: dict | None = None) -> Path:
         "_explorer_static")  # not _static: Jupyter Book would add it to every page's <head>
     (st / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     shutil.copytree(ROOT / "book", st / "book")
-    (st / "experiments").mkdir()
-    shutil.copy(ROOT / "experiments" / "RESULTS.md", st / "experiments" / "RESULTS.md")
-    if (ROOT / "experiments" / "figures").is_dir():  # the mini-lab's training curves
-        shutil.copytree(ROOT / "experiments" / "figures", st / "experiments" / "figures")
+    # the mini-lab's full log (experiments/RESULTS.md) is a repository file, not a page: the
+    # lab page links it there, and only the lab figures that a page shows are staged
+    (st / "experiments" / "figures").mkdir(parents=True)
+    for page in sorted((st / "book").glob("*.md")):
+        page.write_text(repo_links(page.read_text()))
+        for name in LAB_FIGURE.findall(page.read_text()):
+            shutil.copy(ROOT / "experiments" / "figures" / name, st / "experiments" / "figures" / name)
     for nb in notebooks():
         (st / nb).parent.mkdir(parents=True, exist_ok=True)
         copy_without_widget_state(out / "executed" / nb, st / nb)
