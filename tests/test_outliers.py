@@ -84,3 +84,18 @@ def test_split_layer_is_first_layer_over_the_fraction():
     t = pd.DataFrame(dict(layer=[0, 1, 2, 3], outlier_fraction=[0.0, 0.001, 0.02, 0.0]))
     assert split_layer(t) == 2 and split_layer(t, min_fraction=0.0005) == 1
     assert split_layer(t.assign(outlier_fraction=0.0)) is None
+
+
+def test_depth_summary_reads_the_curves(tiny_model, images):
+    """Split layer, the layer with most outliers and the largest max / median norm, as the
+    per-layer curves give them (a rule that flags the top tokens of every layer)."""
+    from vitreg_lib.features import extract
+    from vitreg_lib.outliers import Percentile, depth_summary, layer_curves
+
+    f = extract(tiny_model, images, layers="all")
+    s = depth_summary(f, Percentile(90))
+    curves = layer_curves(f, Percentile(90))
+    assert s["blocks"] == f.depth and s["split_layer"] == 0 and s["split_depth"] == 0
+    assert s["max_outlier_pct"] == pytest.approx(100 * curves["outlier_fraction"].max())
+    assert s["max_over_median"] == pytest.approx(max(curves["max"] / curves["median"]))
+    assert s["max_over_median"] >= 1

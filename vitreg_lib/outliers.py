@@ -266,11 +266,13 @@ def split_layer(curves: pd.DataFrame, min_fraction: float = 0.002):
 
 def depth_summary(features, rule: Rule, min_fraction: float = 0.002) -> dict:
     """Where in depth a model's outliers are: the split layer (first layer with at least
-    ``min_fraction`` flagged), the layer with the most, and that share."""
+    ``min_fraction`` flagged), the layer with the most, and that share; and the largest
+    max / median patch norm of any layer (about 10 where the paper sees outliers, under
+    2 in a model without them), whatever the rule says."""
     curves = layer_curves(features, rule)
     top = curves.loc[curves["outlier_fraction"].idxmax()]
     split = split_layer(curves, min_fraction)
     return dict(model=features.model_name, blocks=features.depth, split_layer=split,
                 split_depth=None if split is None else split / features.depth,
                 most_layer=int(top["layer"]), max_outlier_pct=100 * float(top["outlier_fraction"]),
-                rule=rule.describe())
+                max_over_median=float((curves["max"] / curves["median"]).max()), rule=rule.describe())

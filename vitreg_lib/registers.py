@@ -151,6 +151,47 @@ def ablation(models: Mapping[str, LoadedModel], feats: Mapping[str, Features], l
     return table
 
 
+def fix_effect(before: Features, after: Features, labels, *, rule: Rule | None = None, layer=-1,
+               seed: int = 0) -> pd.DataFrame:
+    """What a fix (e.g. :func:`add_test_time_registers`) did to a model, from its features
+    on the same images ``before`` and ``after`` it, one row per measure (columns
+    ``before``, ``after``, ``change``, ``note``): outlier % of the patches (``rule``,
+    default the histogram gap); max / median patch norm; how far the tokens moved (mean
+    cosine of each patch token, and of [CLS], with itself: 1 = unchanged); and a global
+    probe (logistic regression from [CLS] to ``labels``, the same split both times) with
+    its bootstrap intervals. On a model with no outliers, a harmless fix moves none of
+    these by more than their noise."""
+    from .probes import global_probe, interval, special_token_sets
+
+    rule = rule or HistogramGap()
+    if before.num_images != after.num_images or tuple(before.layout.grid) != tuple(after.layout.grid):
+        raise ValueError("before and after must be features of the same images "
+                         f"({before.num_images} vs {after.num_images} images).")
+    rows = []
+
+    def add(measure, b, a, note=""):
+        rows.append(dict(measure=measure, before=b, after=a,
+                         change=None if a is None or b is None else a - b, note=note))
+
+    s = [summarize(f, layer, rule)["outlier_pct"] for f in (before, after)]
+    add("outlier %", *s, note=rule.describe())
+    patches = [norms_by_kind(f, layer)["patches"] for f in (before, after)]
+    ratio = [float(p.max() / np.median(p)) for p in patches]
+    add("max / median patch norm", *ratio)
+    cos = torch.nn.functional.cosine_similarity
+    add("patch tokens: mean cosine with themselves", 1.0,
+        float(cos(before.patches(layer).float(), after.patches(layer).float(), dim=-1).mean()))
+    if before.layout.num_cls:
+        add("[CLS]: mean cosine with itself", 1.0,
+            float(cos(before.cls(layer).float(), after.cls(layer).float(), dim=-1).mean()))
+        probe = [global_probe({"cls": special_token_sets(f, layer)["cls"]}, labels, f.num_images,
+                              seed=seed)[0] for f in (before, after)]
+        add("[CLS] probe accuracy (%)", probe[0].value, probe[1].value,
+            note=f"95 % bootstrap intervals: before {interval(probe[0].low, probe[0].high)}, "
+                 f"after {interval(probe[1].low, probe[1].high)}; {probe[1].images} test images")
+    return pd.DataFrame(rows)
+
+
 def outlier_column(rule: Rule) -> str:
     """The :func:`ablation` column holding the outlier % under ``rule`` (the rule's
     description without its bracketed parameters)."""
