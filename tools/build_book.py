@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import opening_box  # tools/opening_box.py
 import scorecard  # tools/scorecard.py
 import yaml
 
@@ -362,6 +363,26 @@ def copy_without_widget_state(src: Path, dst: Path) -> None:
     Path(dst).write_text(json.dumps(nb, indent=1, ensure_ascii=False))
 
 
+def add_opening_box(notebook: Path, out: Path, run: dict | None) -> bool:
+    """Put the chapter's opening box (:func:`opening_box.box`: the paper, this tier, why
+    they differ, from the numbers the chapter recorded) under its title cell; ``False``
+    where the chapter did not run or recorded no number with a paper value."""
+    if not run or run.get("status") != "ok":
+        return False
+    stem = Path(run["notebook"]).stem
+    recorded = results_dir(out, run["tier"]) / f"{stem}.json"
+    if not recorded.is_file():
+        return False
+    text = opening_box.box(stem, json.loads(recorded.read_text()), run["tier"])
+    if text is None:
+        return False
+    nb = json.loads(notebook.read_text())
+    cell = dict(cell_type="markdown", id="opening-box", metadata={}, source=text.splitlines(keepends=True))
+    nb["cells"].insert(1, cell)
+    notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
+    return True
+
+
 def stage(out: Path, runs: list[dict], info: dict | None = None) -> Path:
     st = out / "stage"
     if st.exists():
@@ -394,6 +415,7 @@ def stage(out: Path, runs: list[dict], info: dict | None = None) -> Path:
     for nb in notebooks():
         (st / nb).parent.mkdir(parents=True, exist_ok=True)
         copy_without_widget_state(out / "executed" / nb, st / nb)
+        add_opening_box(st / nb, out, next((r for r in runs if r["notebook"] == nb), None))
     intro = st / "book" / "intro.md"
     tiers = sorted({r["tier"] for r in runs})
     profile = runs[0].get("profile", "full") if runs else "full"
