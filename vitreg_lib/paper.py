@@ -6,7 +6,9 @@ named), keyed by finding, and the rule that judges a measured number against the
 * :data:`PAPER` — the paper's numbers per finding. Notebooks cite them from here and put
   them beside what they measure; nothing here is measured;
 * :func:`verdict` — the scorecard's rule: *reproduced*, *not reproduced* or *not
-  comparable*, and the test that decided it.
+  comparable*, and the test that decided it; a counted quantity (a FLOP count,
+  :data:`ARITHMETIC_QUANTITIES`) is an *arithmetic check* instead, never a reproduction;
+* :func:`finding_verdict` — one finding's verdict in one tier, from its numbers' verdicts.
 """
 
 from __future__ import annotations
@@ -221,6 +223,20 @@ APPROX_REL_TOL = 0.20  # "~ x" / "≈ x": within 20 % of x
 APPROX_ZERO_ABS = 0.5  # "≈ 0": |measured| <= 0.5 (the paper writes it for a percentage of tokens)
 
 REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not reproduced", "not comparable"
+ARITHMETIC = "arithmetic check"  # a counted quantity: its agreement checks arithmetic, not a finding
+AGREES, DIFFERS = "agrees", "differs"  # an arithmetic check's outcome, first word of its criterion
+PARTLY = "partly reproduced"  # a finding some of whose numbers reproduce
+NOT_COMPARED = "not compared"  # a finding with no number beside a paper value in a tier
+
+#: record names (prefixes) of quantities that follow from the architecture by arithmetic,
+#: not from what a model learned: the extra FLOPs of registers (F8), counted with
+#: torch.utils.flop_counter. Agreeing with the paper checks the count; it reproduces nothing.
+ARITHMETIC_QUANTITIES = ("extra_flops_pct",)
+
+
+def is_arithmetic(name: str) -> bool:
+    """Whether the record ``name`` is a counted quantity (:data:`ARITHMETIC_QUANTITIES`)."""
+    return name.startswith(ARITHMETIC_QUANTITIES)
 
 _CLAIM = re.compile(r"^\s*(<=|>=|≤|≥|<|>|~|≈)?\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 
@@ -240,14 +256,45 @@ def _within(m: float, x: float, rel: float) -> bool:
     return abs(m - x) <= rel * abs(x) * (1 + 1e-9)  # the slack: 2.2 is within 10 % of 2.0
 
 
-def verdict(paper, value, comparable: str = "") -> tuple[str, str]:
+def verdict(paper, value, comparable: str = "", arithmetic: bool = False) -> tuple[str, str]:
     """``(verdict, criterion)`` for one recorded number: :data:`NOT_COMPARABLE` when the
     chapter marks it so (``comparable`` starts with "no"), nothing was measured or the
     paper's value is not a number, a two-number range or a comparison (``"< 2"``,
     ``"~ 6"``); else :data:`REPRODUCED` when ``value`` is within :data:`REL_TOL` of an
     exact paper value, within :data:`APPROX_REL_TOL` of an approximate one (``"≈ 0"``: at
     most :data:`APPROX_ZERO_ABS` from zero), inside a range or on the right side of a
-    bound; else :data:`NOT_REPRODUCED`. ``criterion`` names the test, in a few words."""
+    bound; else :data:`NOT_REPRODUCED`. ``criterion`` names the test, in a few words.
+
+    ``arithmetic`` (a counted quantity, :func:`is_arithmetic`): the verdict is
+    :data:`ARITHMETIC` whatever the numbers, and the criterion starts with :data:`AGREES`,
+    :data:`DIFFERS` or :data:`NOT_COMPARABLE`, then the test (``"agrees, < 2"``)."""
+    v, criterion = _verdict(paper, value, comparable)
+    if not arithmetic:
+        return v, criterion
+    outcome = {REPRODUCED: AGREES, NOT_REPRODUCED: DIFFERS}.get(v, NOT_COMPARABLE)
+    return ARITHMETIC, f"{outcome}, {criterion}"
+
+
+def finding_verdict(verdicts) -> str:
+    """One finding's verdict in one tier from its numbers' ``(verdict, criterion)`` pairs
+    (:func:`verdict`), with counts: ``"reproduced (2 of 2)"``, ``"partly reproduced (1 of
+    3)"`` or ``"not reproduced (0 of 2)"`` over the numbers judged reproduced or not
+    (arithmetic checks and numbers not comparable left out); where none was judged,
+    ``"arithmetic check (k of n agree)"`` over the arithmetic checks that agree or differ,
+    else :data:`NOT_COMPARABLE` if there is any number, else :data:`NOT_COMPARED`."""
+    verdicts = list(verdicts)
+    judged = [v for v, _ in verdicts if v in (REPRODUCED, NOT_REPRODUCED)]
+    if judged:
+        k, n = judged.count(REPRODUCED), len(judged)
+        word = REPRODUCED if k == n else NOT_REPRODUCED if k == 0 else PARTLY
+        return f"{word} ({k} of {n})"
+    checks = [c for v, c in verdicts if v == ARITHMETIC and c.startswith((AGREES, DIFFERS))]
+    if checks:
+        return f"{ARITHMETIC} ({sum(c.startswith(AGREES) for c in checks)} of {len(checks)} agree)"
+    return NOT_COMPARABLE if verdicts else NOT_COMPARED
+
+
+def _verdict(paper, value, comparable: str) -> tuple[str, str]:
     if comparable.strip().lower().startswith("no"):
         return NOT_COMPARABLE, "marked no"
     m = _number(value)
