@@ -278,8 +278,8 @@ def test_the_summary_has_one_row_per_finding_with_each_tiers_verdict_first_on_th
             mine = [(r.verdict, r.criterion) for r in rows if r.finding == finding and r.tier == tier]
             if mine:  # computed by the library from the recorded numbers, never typed
                 assert cell.replace("*", "") == paper.finding_verdict(mine), (finding, tier)
-    assert by_finding["F1"][3] == "{doc}`chapter 1 </notebooks/01_high_norm_tokens>`"
-    assert by_finding["F11"][3] == ("{doc}`chapter 5 </notebooks/05_registers>`, "
+    assert by_finding["F1"][3] == "{doc}`1 </notebooks/01_high_norm_tokens>`"
+    assert by_finding["F11"][3] == ("{doc}`5 </notebooks/05_registers>`, "
                                     "{doc}`6 </notebooks/06_test_time_registers>`")
     assert "Not scored: T2, T3, T4" in md
     assert max(len(re.sub(r"\{doc\}`([^<`]*)<[^`]*>`", r"\1", c)) for row in summary for c in row) <= 50

@@ -244,12 +244,11 @@ def summary_tiers(results_root: Path) -> list[str]:
 def _chapter_links(docs: list[str]) -> str:
     if not docs:
         return "planned"
-    links = []
+    links = []  # the column is headed "chapter": a notebook's number is its label
     for doc in docs:
         stem = Path(doc).name
         number = stem.split("_")[0].lstrip("0")
-        label = ("chapter " if not links else "") + number if number.isdigit() else stem
-        links.append(f"{{doc}}`{label} </{doc}>`")
+        links.append(f"{{doc}}`{number if number.isdigit() else stem} </{doc}>`")
     return ", ".join(links)
 
 
