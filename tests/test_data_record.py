@@ -66,6 +66,11 @@ def test_image_set_showcase_mixes_photos_and_scenes():
     assert s.showcase(4) == ["astronaut", "chelsea", "scene_0", "scene_1"]
     assert analysis_images(0, 3).showcase(4) == ["scene_0", "scene_1", "scene_2"]
     assert analysis_images(3, 0).showcase(2) == ["astronaut", "chelsea"]
+    objects, known = s.objects_on_grid(8)  # the scenes' masks on an 8x8 grid; photos unknown
+    assert objects.shape == known.shape == (7, 8, 8)
+    assert not known[:2].any() and known[2:].all() and not objects[:2].any()
+    assert (objects[2:] == (s.scenes.foreground_on_grid(8) > 0)).all() and objects[2:].any()
+    assert analysis_images(3, 0).objects_on_grid(8) is None
 
 
 def test_separate_scenes_have_disjoint_boxes():

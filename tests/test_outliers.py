@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -99,3 +101,53 @@ def test_depth_summary_reads_the_curves(tiny_model, images):
     assert s["max_outlier_pct"] == pytest.approx(100 * curves["outlier_fraction"].max())
     assert s["max_over_median"] == pytest.approx(max(curves["max"] / curves["median"]))
     assert s["max_over_median"] >= 1
+
+
+def planted_maps(outliers: bool, objects_brighter: bool = True, seed: int = 0):
+    """64 images of 8x8 patches: background norms ~ N(10, 1); a 3x3 object per image
+    (N(20, 2) when brighter); with ``outliers``, two background patches per image at ~100."""
+    rng = np.random.default_rng(seed)
+    maps = rng.normal(10, 1, (64, 8, 8))
+    objects = np.zeros_like(maps, dtype=bool)
+    objects[:, 2:5, 2:5] = True
+    if objects_brighter:
+        maps[objects] = rng.normal(20, 2, objects.sum())
+    if outliers:
+        maps[:, 7, 0] = rng.normal(100, 5, 64)
+        maps[:, 0, 7] = rng.normal(100, 5, 64)
+    return maps, objects
+
+
+def test_objects_are_a_population_not_an_outlier_mode():
+    from vitreg_lib.outliers import HistogramGap, describe_modes, mode_split
+
+    maps, objects = planted_maps(outliers=False)
+    split = mode_split(maps, HistogramGap(), objects)
+    assert not split["outlier_mode"] and split["object_mode"] and split["tail_object_share"] > 0.9
+    text = describe_modes(split, "m")
+    assert text.startswith("m: two populations and no outlier mode — the upper one is the object patches")
+    assert re.search(r"median norm 20(\.\d)? against (9\.9\d|10(\.0\d)?) for background", text), text
+
+
+def test_an_outlier_mode_above_the_objects_is_named_with_where_it_sits():
+    from vitreg_lib.outliers import HistogramGap, describe_modes, mode_split
+
+    maps, objects = planted_maps(outliers=True)
+    split = mode_split(maps, HistogramGap(), objects)
+    assert split["outlier_mode"] and split["flagged_pct"] == pytest.approx(100 * 2 / 64)
+    assert split["flagged_on_background"] == 1.0
+    text = describe_modes(split)
+    assert text.startswith("an outlier mode — 3.12 % of 4096 patches lie above an empty gap at norm")
+    assert "100 % of them are background patches" in text
+
+
+def test_one_population_and_photos_without_masks():
+    from vitreg_lib.outliers import HistogramGap, describe_modes, mode_split
+
+    maps, objects = planted_maps(outliers=False, objects_brighter=False)
+    one = describe_modes(mode_split(maps, HistogramGap(), objects))
+    assert one.startswith("one population and no outlier")
+    photos = describe_modes(mode_split(maps, HistogramGap()))
+    assert photos.startswith("no outlier mode — no empty gap") and "without object masks" in photos
+    with pytest.raises(ValueError, match="shape"):
+        mode_split(maps, HistogramGap(), objects[:2])

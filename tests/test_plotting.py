@@ -128,6 +128,9 @@ def test_every_statistical_figure_fits_the_column_and_keeps_its_caption():
         "densities": plotting.densities({"r0": {"normal": np.zeros(5), "outlier": np.array([])}},
                                         xlabel="similarity", caption=caption("densities")),
         "corloc": plotting.corloc_bars(corloc, caption=caption("corloc"), paper={"r4": 55.0}),
+        "split": plotting.norm_split({"r0": {"background": np.arange(9.0), "objects": np.arange(5.0) + 20},
+                                      "r4": {"photos": np.arange(3.0)}}, {"r0": 25.0, "r4": float("inf")},
+                                     caption=caption("split")),
     }
     for name, fig in figures.items():
         assert fig.get_figwidth() <= plotting.WIDTH, name
@@ -135,6 +138,9 @@ def test_every_statistical_figure_fits_the_column_and_keeps_its_caption():
         assert len(fig.legends) == 1, name
     assert [ax.get_title() for ax in figures["ablation"].axes] == ["outlier patches (%)", "extra FLOPs (%)"]
     assert "outlier: none" in figures["densities"].axes[0].get_title()
+    split = figures["split"]  # one panel per model, the threshold drawn where the rule found one
+    assert [ax.get_title() for ax in split.axes[:2]] == ["r0", "r4"]
+    assert [len(ax.get_lines()) for ax in split.axes[:2]] == [1, 0]
 
 
 def test_register_use_draws_one_annotated_cell_per_run_and_block():

@@ -475,6 +475,18 @@ class ImageSet:
         n = len(self.scenes) if self.scenes is not None else 0
         return list(range(len(self.images) - n, len(self.images)))
 
+    def objects_on_grid(self, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(objects, known)``, each ``[images, rows, rows]`` bool: which patches of a
+        ``rows x rows`` grid hold object pixels, and which patches' content is known (the
+        scenes' from their masks; the photos' not). ``None`` when there are no scenes."""
+        if self.scenes is None:
+            return None
+        objects = np.zeros((len(self.images), rows, rows), dtype=bool)
+        known = np.zeros_like(objects)
+        objects[self.scene_indices] = self.scenes.foreground_on_grid(rows) > 0
+        known[self.scene_indices] = True
+        return objects, known
+
 
 def analysis_images(n_photos: int, n_scenes: int, seed: int = 0, scene_size: int = 32,
                     photos: str | Path | None = None) -> ImageSet:

@@ -249,11 +249,80 @@ def describe_outliers(summary: dict) -> str:
     head = f"{summary['model']}, layer {summary['layer']}, {summary['rule']}: "
     if not summary["outliers"]:
         return head + (f"no outliers among {summary['tokens']} patch tokens — "
-                       "the norm distribution has no second mode by this rule.")
+                       "no empty gap sets a high mode apart by this rule.")
     return head + (f"{summary['outliers']} of {summary['tokens']} patch tokens "
                    f"({summary['outlier_pct']:.2f} %) are outliers; their median norm is "
                    f"{summary['norm_ratio']:.1f}x that of the others.")
 
+
+
+#: objects make a second population, not an outlier mode, when their median patch norm is
+#: at least this many times the background's (the scenes' shapes against their flat ground)
+OBJECT_MODE_RATIO = 1.25
+
+
+def mode_split(maps: np.ndarray, rule: Rule, objects: np.ndarray | None = None,
+               known: np.ndarray | None = None) -> dict:
+    """What the upper part of a norm histogram is. ``maps``: patch norms ``[B, rows,
+    cols]`` (one layer), all of which the rule sees; ``objects``: which patches hold
+    object pixels (same shape, bool), or ``None`` where no image has masks (photos);
+    ``known``: which patches' content ``objects`` knows (default: all of them; e.g. the
+    scenes' patches and not the photos').
+
+    Returns the rule's threshold and flagged share; with ``objects``, the median norm of
+    object and of background patches, the share of the patches above the background's
+    99th percentile that are object patches (``tail_object_share``), the share of the
+    flagged patches that are background (``flagged_on_background``), and
+    ``object_mode``: the objects form a second population of their own (median ratio
+    at least :data:`OBJECT_MODE_RATIO`). An *outlier mode* is only what the rule flags:
+    a mode above an empty gap, whatever lies below it."""
+    norms = np.asarray(maps, dtype=np.float64)
+    res = detect(norms, rule)
+    out = dict(rule=rule.describe(), tokens=int(norms.size), threshold=res.threshold,
+               flagged_pct=100 * res.fraction, outlier_mode=bool(res.fraction > 0), objects_known=False)
+    if objects is None:
+        return out
+    objects = np.asarray(objects, dtype=bool)
+    known = np.ones_like(objects) if known is None else np.asarray(known, dtype=bool)
+    if objects.shape != norms.shape or known.shape != norms.shape:
+        raise ValueError(f"objects {objects.shape} and known {known.shape} must have the maps' shape "
+                         f"{norms.shape}.")
+    ob, bg = objects & known, ~objects & known
+    if not ob.any() or not bg.any():
+        return out
+    tail = known & (norms > np.percentile(norms[bg], 99))
+    flagged = res.mask & known
+    out.update(objects_known=True, object_median=float(np.median(norms[ob])),
+               background_median=float(np.median(norms[bg])),
+               tail_object_share=float(ob[tail].mean()) if tail.any() else float("nan"),
+               flagged_on_background=float(bg[flagged].mean()) if flagged.any() else float("nan"))
+    out["object_mode"] = out["object_median"] >= OBJECT_MODE_RATIO * out["background_median"]
+    return out
+
+
+def describe_modes(split: dict, what: str = "") -> str:
+    """The sentence a chapter prints under its histograms, from :func:`mode_split`: an
+    outlier mode only where the rule found a gap; an object population named as one."""
+    head = f"{what}: " if what else ""
+    if split["outlier_mode"]:
+        text = (f"an outlier mode — {split['flagged_pct']:.2f} % of {split['tokens']} patches lie above an "
+                f"empty gap at norm {split['threshold']:.3g} ({split['rule']})")
+        if split["objects_known"]:
+            text += (f"; {100 * split['flagged_on_background']:.0f} % of them are background patches "
+                     "(the paper finds its outliers on background)")
+        return head + text + "."
+    if split["objects_known"] and split["object_mode"]:
+        return head + (f"two populations and no outlier mode — the upper one is the object patches (median "
+                       f"norm {split['object_median']:.3g} against {split['background_median']:.3g} for "
+                       f"background; {100 * split['tail_object_share']:.0f} % of the patches above the "
+                       "background's 99th percentile hold object pixels), and no empty gap separates a "
+                       f"mode above them ({split['rule']}).")
+    if split["objects_known"]:
+        return head + (f"one population and no outlier mode — object and background patches have similar "
+                       f"norms (medians {split['object_median']:.3g} and {split['background_median']:.3g}) "
+                       f"and no empty gap splits the histogram ({split['rule']}).")
+    return head + (f"no outlier mode — no empty gap splits the histogram ({split['rule']}); without object "
+                   "masks (photos), the upper tail cannot be split by content.")
 
 
 def split_layer(curves: pd.DataFrame, min_fraction: float = 0.002):

@@ -43,6 +43,8 @@ PAPER: dict[str, dict] = {
         "split_layer": 15,
         "split_layer_fraction": 15 / 40,
         "training_fraction": 1 / 3,
+        # model size: DINOv2 ViT-S and -B show no high-norm mode, only L, H and g do (Fig. 4c)
+        "small_outlier_pct": "≈ 0",
         "source": "Fig. 4",
     },
     "F4": {

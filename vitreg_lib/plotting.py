@@ -239,6 +239,36 @@ def layer_histograms(norms: Mapping[str, Mapping[int, np.ndarray]],
     return _finish(g, caption, legend, xlabel="patch norm", ylabel="patches (log count)")
 
 
+@_styled
+def norm_split(groups: Mapping[str, Mapping[str, np.ndarray]], thresholds: Mapping[str, float],
+               caption: str) -> plt.Figure:
+    """One panel per model: histograms (log count, shared bins) of patch norms split by
+    what the patches hold (e.g. ``{"background": ..., "objects": ..., "photos": ...}``),
+    with the rule's threshold (red dashed) where it found one: the object population and
+    an outlier mode side by side."""
+    names = list(dict.fromkeys(group for by_group in groups.values() for group in by_group))
+    colours = palette(names)
+    g = _facets(list(groups), aspect=1.3, max_panel=WIDTH / 2, sharex=False, sharey=False)
+    drawn = False
+    for model, by_group in groups.items():
+        ax = g.axes_dict[model]
+        every = np.concatenate([np.ravel(v) for v in by_group.values() if np.size(v)])
+        bins = np.histogram_bin_edges(every, bins=60)
+        for group, values in by_group.items():
+            if np.size(values):
+                sns.histplot(x=np.ravel(values), bins=bins, element="step", color=colours[group], alpha=0.3,
+                             ax=ax)
+        ax.set_yscale("log")
+        thr = thresholds.get(model)
+        if thr is not None and np.isfinite(thr):
+            ax.axvline(thr, color=THRESHOLD, ls="--", lw=1.5)
+            drawn = True
+    legend = {f"{name} patches": Patch(facecolor=c, edgecolor=c, alpha=0.6) for name, c in colours.items()}
+    if drawn:
+        legend["the rule's threshold"] = Line2D([], [], color=THRESHOLD, ls="--", lw=1.5)
+    return _finish(g, caption, legend, xlabel="patch norm", ylabel="patches (log count)")
+
+
 _STAT_DASHES = {"median": "", "p99": (4, 2), "max": (1, 1.5)}
 
 
