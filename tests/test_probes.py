@@ -191,3 +191,24 @@ def test_estimate_keeps_three_significant_digits():
     assert estimate(0.0123, 0.01, 0.015) == "0.0123 [0.0100, 0.0150]"
     assert estimate(0.0, 0.0, 0.0) == "0.0 [0.0, 0.0]"
     assert estimate(5.0, None, None) == "5.00"
+
+
+def test_a_negative_correlation_made_by_the_content_is_named_so():
+    """Objects: high norm, low similarity; background: the opposite. Within each group the
+    two are unrelated, so the overall negative rho is the content's."""
+    from vitreg_lib.probes import correlation_by_content, describe_correlation
+
+    rng = np.random.default_rng(0)
+    objects = rng.random(4000) < 0.3
+    sim = np.where(objects, rng.normal(0.4, 0.05, 4000), rng.normal(0.9, 0.03, 4000))
+    norm = np.where(objects, rng.normal(30, 2, 4000), rng.normal(12, 1, 4000))
+    res = correlation_by_content(sim, norm, objects)
+    assert res["all"] < -0.5 and abs(res["background"]) < 0.1 and abs(res["object"]) < 0.1
+    text = describe_correlation(res, "m")
+    assert text.startswith("m: Spearman rho = -0.") and "the opposite of the paper's direction" in text
+    assert "comes mostly from the content" in text
+    inside = norm + 20 * sim  # now the sign holds within each group too: no such sentence
+    same = correlation_by_content(sim, inside, objects)
+    assert same["background"] > 0.5 and "comes mostly from the content" not in describe_correlation(same, "m")
+    alone = describe_correlation(correlation_by_content(sim, norm), "m")
+    assert "Within background" not in alone

@@ -304,6 +304,50 @@ def similarity_norm_correlation(similarity, norms) -> float:
     return float(spearmanr(as_numpy(similarity).ravel(), as_numpy(norms).ravel()).statistic)
 
 
+def correlation_by_content(similarity, norms, objects=None) -> dict:
+    """:func:`similarity_norm_correlation` over all patches, and, where ``objects``
+    (which patches hold object pixels, same shape) is given, within background patches,
+    within object patches, and each group's median similarity and norm: whether the sign
+    overall comes from the content (objects against their ground) or holds within each."""
+    sim, nrm = as_numpy(similarity).ravel(), as_numpy(norms).ravel()
+    out = dict(all=similarity_norm_correlation(sim, nrm))
+    if objects is None:
+        return out
+    obj = np.asarray(objects, dtype=bool).ravel()
+    if obj.shape != sim.shape:
+        raise ValueError(f"objects has {obj.size} patches, the similarities {sim.size}.")
+    for key, sel in (("background", ~obj), ("object", obj)):
+        out[key] = similarity_norm_correlation(sim[sel], nrm[sel]) if sel.sum() > 2 else float("nan")
+        out[f"{key}_similarity"] = float(np.median(sim[sel])) if sel.any() else float("nan")
+        out[f"{key}_norm"] = float(np.median(nrm[sel])) if sel.any() else float("nan")
+    return out
+
+
+def describe_correlation(result: dict, name: str) -> str:
+    """The sentence a chapter prints for :func:`correlation_by_content`: the sign against
+    the paper's (outliers on the most redundant patches: positive), and where the content
+    is known, whether the sign holds within background and within object patches."""
+    rho = result["all"]
+    head = f"{name}: Spearman rho = {rho:+.2f} over all patches"
+    if not np.isfinite(rho):
+        return head + " (undefined: constant norms or similarities)."
+    sign = ("the paper's direction: higher norms on more redundant patches" if rho > 0.1 else
+            "the opposite of the paper's direction: higher norms on less redundant patches" if rho < -0.1 else
+            "no clear direction")
+    text = f"{head} — {sign}."
+    if "background" not in result:
+        return text
+    text += (f" Within background patches rho = {result['background']:+.2f}, within object patches "
+             f"{result['object']:+.2f}; object patches have median similarity "
+             f"{result['object_similarity']:.2f} and norm {result['object_norm']:.3g}, background "
+             f"{result['background_similarity']:.2f} and {result['background_norm']:.3g}.")
+    inside = [result["background"], result["object"]]
+    if all(np.isfinite(inside)) and all(abs(r) < abs(rho) / 2 for r in inside):
+        text += (" The overall sign comes mostly from the content: within each group it is less than half "
+                 "as strong, so it says that objects differ from their ground, not where outliers sit.")
+    return text
+
+
 def headlines(frame: pd.DataFrame, paper: dict, data: str, comparable: str) -> list[dict]:
     """One record per row of a probe table (see :class:`vitreg_lib.record.Recorder`):
     ``name`` from probe, metric, group and model; the paper's value from ``paper``
