@@ -216,6 +216,21 @@ def test_published_corloc_beside_each_model():
     assert lost_reference("mini", 4, stand_in=True) == 55.4
     assert lost_reference("mini", 0, stand_in=True) == 35.3
     assert lost_reference("mini", 0, "mini_reg0", test_time=True, stand_in=True) == 53.8
+    assert [lost_reference("mini", r, stand_in=True) for r in (1, 2, 8)] == [None] * 3  # never measured
+
+
+def test_the_spread_over_register_counts_is_set_against_its_noise():
+    import pandas as pd
+
+    table = pd.DataFrame({"model": ["r0", "r1", "r4"], "CorLoc (%)": [16.4, 29.3, 20.0],
+                          "low": [9.0, 20.0, 12.0], "high": [24.0, 38.0, 28.0], "images": [64] * 3})
+    text = discovery.spread(table, ["r0", "r1", "r4"])
+    assert text.startswith("Over r0, r1, r4, CorLoc ranges from 16.4 % (r0, [9.0, 24.0]) to 29.3 % (r1, ")
+    assert "is not monotone" in text and "intervals overlap, so the spread is within sampling noise" in text
+    assert "One image moves CorLoc by 1.6 points on 64 images." in text
+    table.loc[1, ["low", "high"]] = [25.0, 33.0]
+    assert "larger than sampling noise" in discovery.spread(table, ["r0", "r1"])
+    assert "rises with every step" in discovery.spread(table, ["r0", "r1"])
 
 
 # --- the degenerate case: a shared key component makes every degree the same ---------------

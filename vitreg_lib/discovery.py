@@ -339,6 +339,28 @@ def summary(results: dict[str, Discovery], gt_boxes: Sequence[np.ndarray],
     return pd.DataFrame(rows)
 
 
+def spread(table: pd.DataFrame, models: Sequence[str]) -> str:
+    """One sentence on how far CorLoc varies over ``models`` (rows of :func:`summary`,
+    e.g. one recipe with 0, 1, 2, 4, 8 registers) against its sampling noise: the range,
+    whether the 95 % intervals of the lowest and the highest overlap, and how many points
+    one image moves CorLoc on this many images."""
+    rows = table.set_index("model").loc[list(models)]
+    lo, hi = rows["CorLoc (%)"].idxmin(), rows["CorLoc (%)"].idxmax()
+    a, b = rows.loc[lo], rows.loc[hi]
+    n = int(rows["images"].min())
+    overlap = not a["high"] < b["low"]
+    verdict = ("their 95 % intervals overlap, so the spread is within sampling noise on these images"
+               if overlap else
+               "their 95 % intervals do not overlap, so the spread is larger than sampling noise")
+    order = rows["CorLoc (%)"].to_numpy()
+    shape = ("rises with every step" if all(np.diff(order) > 0) else
+             "falls with every step" if all(np.diff(order) < 0) else "is not monotone in the order given")
+    return (f"Over {', '.join(models)}, CorLoc ranges from {a['CorLoc (%)']:.1f} % ({lo}, "
+            f"[{a['low']:.1f}, {a['high']:.1f}]) to {b['CorLoc (%)']:.1f} % ({hi}, [{b['low']:.1f}, "
+            f"{b['high']:.1f}]) and {shape}; {verdict}. One image moves CorLoc by {100 / max(n, 1):.1f} "
+            f"points on {n} images.")
+
+
 def compare(table: pd.DataFrame, without: str, with_: str) -> str:
     """One sentence comparing two rows of :func:`summary` (e.g. a model without and with
     registers): both CorLocs with their intervals, whether the intervals overlap, and

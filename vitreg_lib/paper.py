@@ -211,11 +211,15 @@ def lost_reference(family: str, registers: int, name: str = "", test_time: bool 
     without or with trained registers; T1 (Jiang et al., DINOv2-L only) for a model with a
     test-time register. ``None`` where nobody published one, unless ``stand_in``: then a
     family the paper did not run gets DINOv2's pair, and any model with a test-time
-    register T1's number (to be marked not comparable, as the mini tier does)."""
+    register T1's number (to be marked not comparable, as the mini tier does). The paper's
+    models have 0 or 4 registers: a stand-in is given at those counts only (no line is
+    drawn at a count nobody measured)."""
     if test_time:
         return PAPER["T1"]["lost_voc07"]["test-time register"] if name == "dinov2_l" or stand_in else None
     value = corloc_reference(family, registers > 0)
-    return corloc_reference("DINOv2", registers > 0) if value is None and stand_in else value
+    if value is None and stand_in and registers in (0, 4):
+        return corloc_reference("DINOv2", registers > 0)
+    return value
 
 
 # -- the scorecard's rule: a measured number against the paper's ---------------------------
