@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     env = plant_all(work, args.smoke)
     plant_min = (time.time() - t0) / 60
     out = work / "build"
+    if out.exists():  # a benchmark starts cold: no feature cache or results from an earlier build
+        shutil.rmtree(out)
     cmd = [sys.executable, str(ROOT / "tools" / "build_book.py"), "--mode", "smoke" if args.smoke else "full",
            "--tier", "pretrained", "--profile", "publish", "--out", str(out)]
     print(" ".join(cmd), flush=True)
