@@ -111,6 +111,8 @@ class Settings:
     #: registers they run on, and how many labelled images
     controls_models: tuple[str, ...] = ()
     n_controls: int = 0
+    #: chapter 5: the same controls on a test-time register (chapter 6's fix) of this model
+    controls_ttr: TestTimeSearch | None = None
     outlier_models: tuple[str, ...] = ()  # chapter 1's models; empty: the pairs'
 
     @property
@@ -122,6 +124,8 @@ class Settings:
         """Every registry model some chapter loads with these settings (weights to fetch)."""
         names = [*self.models, *self.sizes, *self.probe_models, *self.family, *self.real,
                  *self.controls_models]
+        if self.controls_ttr is not None:
+            names.append(self.controls_ttr.model)
         if self.search is not None:
             names += [self.search.model, self.search.trained]
         if self.discovery is not None:
@@ -179,7 +183,7 @@ def _mini(smoke: bool, device: str) -> Settings:
                     n_probe=80 if smoke else 512, probe_models=("mini_reg0", "mini_reg4"), family=family,
                     search=search, discovery=discovery, probe_tokens=1000 if smoke else 8000,
                     real=REAL_OFFLINE, n_real=16 if smoke else 128, controls_models=("mini_reg4",),
-                    n_controls=80 if smoke else 512,
+                    n_controls=80 if smoke else 512, controls_ttr=search,
                     real_search=_real_search(16 if smoke else 128))
 
 
@@ -233,7 +237,11 @@ def _pretrained(smoke: bool, device: str, profile: str) -> Settings:
                     family=p["probe_models"],  # public checkpoints exist with 0 and 4 registers only
                     search=search, discovery=discovery, probe_tokens=p["probe_tokens"],
                     profile=profile, outlier_models=p["outlier_models"],
-                    controls_models=p["controls_models"], n_controls=p["n_controls"])
+                    controls_models=p["controls_models"], n_controls=p["n_controls"],
+                    controls_ttr=TestTimeSearch("dinov2_s", "dinov2_s_reg", max_layer=8, top_k=10,
+                                                n_images=p["n_controls"],
+                                                source="course's choice for ViT-S/14: blocks <= 8 of 12, "
+                                                       "k = 10; the search images are the controls' images"))
 
 
 def _with_dataset(s: Settings, dataset: str) -> Settings:
