@@ -37,7 +37,13 @@ sys.path.insert(0, str(ROOT / "tools"))
 import build_book  # noqa: E402
 import plant  # noqa: E402
 
+from vitreg_lib.paper import JIANG_DINOV2_L_NEURONS  # noqa: E402
+
 BUDGET_MIN, BUDGET_GB = 60, 8
+#: register neurons planted in the random weights (tools/plant.py): the authors' DINOv2-L list,
+#: so that chapter 6's search their way finds it and its overlap with their list is measured,
+#: and a few in DINOv2-S (the smoke size's chapter 6 and chapter 5's test-time register)
+PLANTED_NEURONS = {"dinov2_l": JIANG_DINOV2_L_NEURONS, "dinov2_s": {6: [11, 200, 901], 7: [5]}}
 SKIP_MD5 = '''# written by tools/bench_publish.py: the planted CIFAR-10 is random, its md5 is not the real one
 import torchvision.datasets.cifar as _cifar
 _cifar.check_integrity = lambda *args, **kwargs: True  # the batches' and the metadata's md5
@@ -56,6 +62,8 @@ def plant_all(where: Path, smoke: bool) -> dict:
             continue  # planted by an earlier run into the same --work folder
         print(f"planting random weights for {name} ({get_spec(name).source})", flush=True)
         plant.fill_hub_cache(where / "hub", get_spec(name).source)
+        if name in PLANTED_NEURONS:  # a known answer for chapter 6's searches
+            plant.plant_register_neurons(where / "hub", get_spec(name).source, PLANTED_NEURONS[name])
     plant.plant_cifar10(where / "data", n=200 if smoke else 10_000)
     plant.plant_voc07(where / "data", n=20 if smoke else 5011)
     (where / "site").mkdir(exist_ok=True)

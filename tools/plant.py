@@ -5,6 +5,9 @@ cost and the code path are the real ones.
 
 * :func:`fill_hub_cache` — random weights saved as ``model.safetensors`` where the Hugging
   Face hub client caches ``timm/<name>`` (use with ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE=1``);
+* :func:`plant_register_neurons` — rewrites planted weights so that given MLP units write
+  high-norm tokens on the top-left patches of every image (a known answer for the
+  test-time-register search, e.g. the authors' DINOv2-L list);
 * :func:`plant_cifar10` — ``cifar-10-batches-py/`` as the CIFAR-10 archive unpacks;
 * :func:`plant_voc07` — ``VOCdevkit/VOC2007/`` as the VOC 2007 trainval tar unpacks;
 * :func:`plant_image_folder` — a reader's own images (one sub-folder per class, boxes.json).
@@ -40,6 +43,76 @@ def fill_hub_cache(cache: Path, timm_name: str) -> None:
     torch.manual_seed(0)
     model = timm.create_model(timm_name, pretrained=False)
     save_file(model.state_dict(), str(path))
+
+
+def plant_register_neurons(cache: Path, timm_name: str, neurons: dict[int, list[int]], corner: int = 6,
+                           strength: float = 400.0, seed: int = 0) -> list[int]:
+    """Rewrite the planted weights of ``timm/<timm_name>`` (:func:`fill_hub_cache`, a
+    DINOv2-style ViT with layer scale) so that the MLP units ``neurons[layer]`` fire on
+    the patches under the position grid's top-left ``corner x corner`` cells, whatever
+    the image, and together write a vector of norm about ``strength`` there: those
+    patches leave the planted blocks far above the others (DINOv2's cut is a norm of
+    150). A known answer for the test-time-register search (e.g. the authors' DINOv2-L
+    list). Each unit reads its own residual channel, kept clean of the patch embedding,
+    [CLS] and every earlier block and set in the position embedding on the corner cells;
+    each unit's output is scaled from its activation measured on two noise images at 224
+    px (the planted blocks' MLP layer scale is set to 1). Returns the channels used."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    path = hub_file(cache, timm_name)
+    model = timm.create_model(timm_name, pretrained=False, dynamic_img_size=True)
+    timm.models.load_checkpoint(model, str(path))
+    model.eval()
+    sd = model.state_dict()  # shares storage with the parameters
+    gen = torch.Generator().manual_seed(seed)
+    dim = sd["pos_embed"].shape[-1]
+    side = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5))  # one [CLS] position, then the grid
+    cells = [1 + r * side + c for r in range(corner) for c in range(corner)]
+    units = [(layer, unit) for layer in sorted(neurons) for unit in neurons[layer]]
+    channels = torch.randperm(dim, generator=gen)[: len(units)].tolist()
+    noise = torch.randn(2, 3, 224, 224, generator=gen)
+    per_unit = strength / len(units) ** 0.5  # random directions: the norms add in quadrature
+    seen: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for layer in sorted(neurons):
+            mine = [(u, ch) for (la, u), ch in zip(units, channels) if la == layer]
+            b = f"blocks.{layer}."
+            for unit, ch in mine:
+                sd["patch_embed.proj.weight"][ch] = 0
+                sd["patch_embed.proj.bias"][ch] = 0
+                for key in ("cls_token", "reg_token"):
+                    if key in sd:
+                        sd[key][..., ch] = 0
+                sd["pos_embed"][0, :, ch] = 0
+                sd["pos_embed"][0, cells, ch] = 10.0
+                for earlier in range(layer + 1):
+                    for key in ("attn.proj", "mlp.fc2") if earlier < layer else ("attn.proj",):
+                        sd[f"blocks.{earlier}.{key}.weight"][ch] = 0
+                        sd[f"blocks.{earlier}.{key}.bias"][ch] = 0
+                sd[b + "norm2.weight"][ch] = 1
+                sd[b + "norm2.bias"][ch] = 0
+                sd[b + "mlp.fc1.weight"][unit] = 0
+                sd[b + "mlp.fc1.weight"][unit, ch] = 40.0
+                sd[b + "mlp.fc1.bias"][unit] = -20.0
+                sd[b + "mlp.fc2.weight"][:, unit] = 0
+            sd[b + "ls2.gamma"][:] = 1.0
+            hook = model.blocks[layer].mlp.fc2.register_forward_hook(
+                lambda mod, inp, out: seen.__setitem__("act", inp[0].detach()))
+            model(noise)
+            hook.remove()
+            act = seen["act"][:, model.num_prefix_tokens:]  # [B, patches, hidden]
+            for unit, _ in mine:
+                fire = float(act[..., unit].amax(dim=1).mean())
+                if fire <= 1.0:
+                    raise RuntimeError(f"planted unit {layer}/{unit} does not fire ({fire:.3g}); "
+                                       "a larger corner or trigger is needed")
+                direction = torch.randn(dim, generator=gen)
+                direction[channels] = 0
+                sd[b + "mlp.fc2.weight"][:, unit] = direction / direction.norm() * per_unit / fire
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return channels
 
 
 def plant_cifar10(root: Path, n: int = 10_000, seed: int = 0) -> Path:
