@@ -55,3 +55,15 @@ def test_the_intro_shows_the_headline_figure_served_at_a_fixed_address(bench):
     assert "come from the <strong>pretrained</strong> tier" in intro and "publish" in intro
     assert "headline.png" in intro and "DINOv2 ViT-S/14 with 4 registers" in intro  # caption: the models
     assert "No pretrained build has published" not in intro
+
+
+def test_chapters_alone_remeasure_one_chapter_cold(bench):
+    """--chapters reruns the named chapters alone (no feature cache) on the planted data of
+    an earlier run, and an unknown name says which chapters exist."""
+    work, _ = bench
+    assert bench_publish.main(["--smoke", "--work", str(work), "--chapters", "02_where_and_when"]) == 0
+    runs = json.loads((work / "bench_publish_alone.json").read_text())["runs"]
+    assert [r["notebook"] for r in runs] == ["notebooks/02_where_and_when.ipynb"]
+    assert runs[0]["status"] == "ok" and runs[0]["cache_saved_s"] == 0 and runs[0]["peak_gb"] > 0
+    with pytest.raises(SystemExit, match="the book's are"):
+        bench_publish.main(["--smoke", "--work", str(work), "--chapters", "99_nope"])

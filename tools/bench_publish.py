@@ -2,6 +2,9 @@
 
     python tools/bench_publish.py            # what `make bench-publish` runs (about 40 min on 2 cores)
     python tools/bench_publish.py --smoke    # the same path at smoke size (what `make test` runs)
+    python tools/bench_publish.py --chapters 05_registers,06_test_time_registers --work DIR
+        # only these chapters, each alone with a cold feature cache (no HTML): an upper
+        # bound of what each costs inside a build, to remeasure a chapter after a change
 
 The hub and the dataset hosts are out of reach here, so the benchmark plants what a runner
 would download (``tools/plant.py``): random weights of every model of the profile saved
@@ -102,16 +105,47 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
+def chapters_alone(names: list[str], work: Path, env: dict, smoke: bool, plant_min: float) -> int:
+    """Run each named chapter alone, with no feature cache (so: at most its cost in a
+    build, where earlier chapters may have filled the cache), and report as :func:`main`."""
+    wanted = {Path(nb).stem: nb for nb in build_book.notebooks()}
+    unknown = [n for n in names if n not in wanted]
+    if unknown:
+        raise SystemExit(f"unknown chapters {unknown}; the book's are {list(wanted)}")
+    out = work / "alone"
+    if out.exists():
+        shutil.rmtree(out)
+    saved = dict(os.environ)  # the kernels inherit this process's environment; restored after
+    try:
+        os.environ.update(env)
+        os.environ.pop("VITREG_FEATURE_CACHE", None)
+        os.environ["VITREG_RESULTS_DIR"] = str(build_book.results_dir(out, "pretrained"))
+        os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        os.environ["VITREG_STATIC_BOOK"] = "1"  # as in a build
+        mode, t0 = "smoke" if smoke else "full", time.time()
+        runs = [build_book.execute(wanted[n], out, mode, "pretrained", "vitreg", "publish") for n in names]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    print(f"\npublish profile, chapters alone with a cold cache ({mode} size), planted weights and data "
+          f"under {work}:\n{report(runs, (time.time() - t0) / 60, plant_min)}")
+    (work / "bench_publish_alone.json").write_text(json.dumps(dict(runs=runs, machine=machine()), indent=1))
+    return 0 if all(r["status"] == "ok" for r in runs) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="smoke size: the code path only")
     p.add_argument("--work", help="folder for the planted files and the build (default: a temporary one)")
+    p.add_argument("--chapters", help="comma-separated notebook names: run only these, each alone and cold")
     args = p.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="vitreg-bench-publish-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     env = plant_all(work, args.smoke)
     plant_min = (time.time() - t0) / 60
+    if args.chapters:
+        return chapters_alone(args.chapters.split(","), work, env, args.smoke, plant_min)
     out = work / "build"
     if out.exists():  # a benchmark starts cold: no feature cache or results from an earlier build
         shutil.rmtree(out)
