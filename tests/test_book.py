@@ -96,11 +96,43 @@ def test_book_pages_show_figures_and_links(built):
     assert f'<link rel="canonical" href="{build_book.book_url()}book/intro.html" />' in intro
 
 
-def test_scorecard_page_shows_both_tiers_with_verdicts(built):
-    html = (built / "_build" / "html" / "book" / "scorecard.html").read_text()
+def test_scorecard_page_shows_both_tiers_with_verdicts(built, request):
+    """The summary first: one row per finding (F1-F11, T1), each tier's verdict as the
+    library computes it from the recorded numbers (counted FLOPs an arithmetic check, never a
+    reproduction), a chapter link per row, and in a 1280-px window no wider than the text
+    column; then the tiers, the rules, and a table per finding with a row per number."""
+    import scorecard
+
+    from vitreg_lib.paper import ARITHMETIC, REPRODUCED
+
+    path = built / "_build" / "html" / "book" / "scorecard.html"
+    html = path.read_text()
     toc = html[html.index('<nav class="bd-links'):]
     assert toc.index('href="#">Scorecard') < toc.index('href="status.html">Build status')
-    assert "<strong>mini</strong> (smoke mode, 7 chapters)" in html
+    assert html.index("<h2>Summary") < html.index("<h2>Tiers on this page") < html.index(
+        "<h2>How a verdict is decided") < html.index("<h2>F1: ")
+    table = html[html.index("<h2>Summary"):].split("</table>")[0]
+    text = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)]
+    assert text[0] == ["finding", "mini (offline)", "pretrained", "chapter"]
+    scored = [f"F{i}" for i in range(1, 12)] + ["T1"]
+    assert [row[0].split()[0] for row in text[1:]] == scored
+    results = built / "results"
+    expected = re.findall(r"^\| \*\*\w+\*\* .*$", scorecard.summary(results), re.M)  # the library's
+    assert [[re.sub(r"\{doc\}`([^<`]*?) ?<[^`]*>`", r"\1", c).replace("*", "").replace("\\", "")
+             for c in re.split(r" \| ", line.strip("| "))] for line in expected] == text[1:]
+    summary = dict(zip(scored, text[1:]))
+    assert summary["F1"][2] == "reproduced (1 of 1)"  # the planted pretrained number, 2.5 against 2.37
+    assert summary["F2"][2] == "chapter not run"  # the planted pretrained build ran chapter 1 only
+    assert summary["F8"][1].startswith(ARITHMETIC + " (")  # counted FLOPs: never "reproduced"
+    assert summary["F7"][3] == "planned" and summary["F11"][3] == "5, 6"
+    links = re.findall(r'<a class="reference internal" href="([^"]+)"', table)  # F7: none, F11: two
+    assert links[0] == "../notebooks/01_high_norm_tokens.html" and len(links) == len(scored)
+    rows = scorecard.rows(results)
+    flops = [r for r in rows if r.name.startswith("extra_flops_pct")]
+    assert flops and all(r.verdict == ARITHMETIC for r in flops)
+    mini = sum(r.verdict == REPRODUCED for r in rows if r.tier == "mini")  # the FLOPs not among them
+    assert f"<strong>mini</strong> (smoke mode, 7 chapters): {mini} reproduced" in html
     assert "<strong>pretrained</strong> (full mode, 1 chapter): 1 reproduced" in html
     assert "within 10 % (relative)" in html  # the rules are on the page
     assert re.search(r"<td><p>pretrained</p></td>\n<td><p>dinov2_g</p></td>\n<td><p>2.37</p></td>\n"
@@ -110,6 +142,20 @@ def test_scorecard_page_shows_both_tiers_with_verdicts(built):
     assert html.count('href="../notebooks/01_high_norm_tokens.html"><span class="doc">chapter 1') >= 3
     for finding in ("F1", "F4", "F5", "F8"):
         assert f"<h2>{finding}: " in html, finding
+    try:  # the summary fits the text column at 1280 px (with the browser tests; skipped without)
+        browser = request.getfixturevalue("browser")
+    except pytest.skip.Exception:
+        return
+    page = Page(browser, path.as_uri(), width=1280)
+    fit = page.page.evaluate("""() => { const t = document.querySelector('#summary table');
+        const box = t.parentElement, article = t.closest('article');
+        return {table: t.getBoundingClientRect().right, article: article.getBoundingClientRect().right,
+                scroll: box.scrollWidth, client: box.clientWidth,
+                overflowing: Array.from(t.querySelectorAll('td, th'))
+                  .filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.textContent)}; }""")
+    assert fit["table"] <= fit["article"] + 1 and fit["scroll"] <= fit["client"] + 1, fit
+    assert not fit["overflowing"] and not page.blocked, (fit, page.blocked)
+    page.page.close()
 
 
 def check_one_setting(root: Path) -> None:
