@@ -77,16 +77,7 @@ def first_authors(bib) -> dict[str, set[str]]:
     return out
 
 
-#: pages whose prose names a work without citing it, with the reason it is not fixed here
-UNCITED = {
-    "notebooks/01_high_norm_tokens.ipynb":
-        "calls mean + 3 std \"Jiang et al.'s rule\"; vitreg_lib.registers says it is NOT their rule "
-        "(they cut at a fixed norm): the sentence needs correcting before it gets a citation",
-}
-
-
-@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.xfail(reason=UNCITED[p], strict=False))
-                                  if p in UNCITED else p for p in sorted(pages())])
+@pytest.mark.parametrize("page", sorted(pages()))
 def test_a_page_that_names_a_work_in_prose_cites_it(bib, page):
     text = pages()[page]
     keys = cited(text)
