@@ -205,11 +205,11 @@ _PRETRAINED = {
     "publish": dict(pairs=(("dinov2_l", "dinov2_l_reg"),),
                     outlier_models=("dinov2_g", "dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
                     n_photos=4, batch=8, sizes=("dinov2_s", "dinov2_b", "dinov2_l", "dinov2_g"),
-                    n_probe=200, probe_models=("dinov2_l", "dinov2_l_reg"),
+                    n_probe=160, probe_models=("dinov2_l", "dinov2_l_reg"),
                     search=TestTimeSearch("dinov2_l", "dinov2_l_reg", max_layer=17, top_k=45, n_images=64,
                                           source="Jiang et al. for DINOv2-L/14: layers <= 17, k ~ 45 (they "
                                                  "search 100 images; 64 here, for the CPU budget)"),
-                    n_voc=100, lost_models=("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
+                    n_voc=80, lost_models=("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
                     probe_tokens=8000, controls_models=("dinov2_s_reg",), n_controls=160),
     "full": dict(pairs=(("dinov2_s", "dinov2_s_reg"), ("dinov2_b", "dinov2_b_reg"),
                         ("dinov2_l", "dinov2_l_reg")),
