@@ -530,3 +530,47 @@ def test_the_lab_page_sums_the_search_up_and_the_full_log_is_not_a_page(built):
     assert not (html / "experiments" / "RESULTS.html").exists()
     assert not [p.name for p in html.rglob("*.html") if "RESULTS.html" in p.read_text()]
     assert 'href="lab.html"' in (html / "book" / "intro.html").read_text()  # in the book's contents
+
+
+def test_every_paper_vs_here_table_fits_the_text_column(built, browser):
+    """Each chapter's "paper vs here" table (vitreg_lib.record.PaperTable), in a 1280-px
+    window: no wider than its cell output and the article's text column, no cell whose text
+    runs out of it, one missing marker, short numbers, and its notes under the table."""
+    for nb in build_book.notebooks():
+        path = built / "_build" / "html" / "notebooks" / f"{Path(nb).stem}.html"
+        page = Page(browser, path.as_uri(), width=1280)
+        found = page.page.evaluate("""() => Array.from(document.querySelectorAll('.vitreg-paper-table'))
+            .map(t => { const table = t.querySelector('table'), out = t.closest('.cell_output');
+              const article = t.closest('article');
+              return {width: table.scrollWidth, output: out.clientWidth, article: article.clientWidth,
+                      boxWidth: t.scrollWidth, box: t.clientWidth, text: table.innerText,
+                      notes: t.querySelectorAll('ol > li').length,
+                      overflowing: Array.from(table.querySelectorAll('td, th'))
+                        .filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.textContent)}; })""")
+        assert found, f"{nb}: no paper-vs-here table"
+        for t in found:
+            assert t["width"] <= t["output"] <= t["article"] and t["boxWidth"] <= t["box"], (nb, t)
+            assert not t["overflowing"], (nb, t["overflowing"])
+            assert not re.search(r"\bnan\b|\bNone\b|\d\.\d{4}", t["text"], re.I), (nb, t["text"])
+            assert t["notes"] >= 1, nb  # every chapter's table has a note (its data / rule)
+        assert not page.blocked, page.blocked
+        page.page.close()
+
+
+def test_each_chapter_opens_with_a_box_its_numbers_give(built):
+    """Under each chapter's title, the box of tools/opening_box.py, from the numbers that
+    chapter recorded in this build: its verdict line is the one the recorded numbers give."""
+    import opening_box
+
+    for nb in build_book.notebooks():
+        stem = Path(nb).stem
+        html = (built / "_build" / "html" / nb.replace(".ipynb", ".html")).read_text()
+        recorded = json.loads((built / "results" / "mini" / f"{stem}.json").read_text())
+        box = opening_box.box(stem, recorded, "mini")
+        if box is None:
+            assert opening_box.TITLE not in html, stem
+            continue
+        article = html[html.index("<article"):]
+        assert article.index(opening_box.TITLE) < article.index("<h2"), stem  # at the top
+        for verdict in re.findall(r"\*\*Here\*\* \(mini tier\): ([^—]+) —", box):
+            assert f"<strong>Here</strong> (mini tier): {verdict.strip()} —" in html, (stem, verdict)
