@@ -91,7 +91,7 @@ def test_book_pages_show_figures_and_links(built):
     assert ("This build: <strong>mini</strong> tier, <strong>smoke</strong> mode, "
             "<strong>full</strong> profile.") in status
     assert re.search(r"01_high_norm_tokens</p></td>\n(<td><p>[^<]*</p></td>\n){4}"
-                     r"<td><p>mini_reg0, mini_reg4</p></td>", status)
+                     r"<td><p>mini_reg0, mini_reg4, dinov2_s_imgfocus</p></td>", status)  # the real ViT-S too
     # every page knows the book's address, derived from repository.url
     assert f'<link rel="canonical" href="{build_book.book_url()}book/intro.html" />' in intro
 
