@@ -454,7 +454,7 @@ def slide_to(page, position: int, layers: list[int]) -> None:
     page.move_slider_to(position, len(layers))
     page.page.wait_for_function("layer => Array.from(document.querySelectorAll("
                                 "'.js-plotly-plot .annotation-text')).some(a => a.textContent"
-                                ".includes('layer ' + layer))", layers[position])
+                                ".includes('layer ' + layer))", arg=layers[position])
 
 
 @pytest.mark.parametrize("stem", EXPLORER_CHAPTERS)
@@ -487,7 +487,7 @@ def test_each_built_explorer_slides_through_its_layers_offline(built, browser, s
     assert any(not np.allclose(a, b) for a, b in zip(first, last)), f"{stem}: the maps did not change"
     text = page.hover_patch(page.trace_index("norm"), 0, 0)
     assert re.search(r"norm [\d.]+", text) and re.search(r"rank \d+ of \d+", text), text
-    assert not page.errors, page.errors
+    assert not page.own_errors(), page.errors
     assert not page.blocked, page.blocked
 
 
