@@ -136,6 +136,25 @@ def test_settings_for_the_register_chapters():
     assert get_spec(full.trained).registers == 4
 
 
+def test_the_content_controls_run_on_both_dinov2_register_models_of_the_published_book():
+    """Chapter 5's controls: DINOv2-S and -B with registers in the publish profile ([CLS] on S
+    only, for the CPU budget), every target on every model elsewhere, and a clear error for a
+    model the controls do not run on."""
+    from vitreg_lib.config import settings
+
+    pub = settings("pretrained", smoke=False, device="cpu", profile="publish")
+    assert pub.controls_models == ("dinov2_s_reg", "dinov2_b_reg")
+    assert pub.control_targets("dinov2_s_reg") == ("registers", "cls")
+    assert pub.control_targets("dinov2_b_reg") == ("registers",)
+    assert "dinov2_b_reg" in pub.all_models()  # its weights are fetched (and planted by the benchmark)
+    full = settings("pretrained", smoke=False, device="cpu", profile="full")
+    assert all(full.control_targets(m) == ("registers", "cls") for m in full.controls_models)
+    mini = settings("mini", smoke=True, device="cpu")
+    assert mini.control_targets("mini_reg4") == ("registers", "cls")
+    with pytest.raises(ValueError, match="not one of the controls' models"):
+        pub.control_targets("dinov2_l_reg")
+
+
 def test_scene_options_border_texture_trigger():
     plain = make_scenes(6, seed=2, size=32)
     # options left at their defaults draw exactly the scenes drawn before they existed

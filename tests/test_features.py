@@ -153,11 +153,13 @@ def test_feature_cache_is_off_by_default_and_exact_when_on(tmp_path, monkeypatch
     assert feature_cache.folder() is None
     monkeypatch.setenv(feature_cache.ENV, str(tmp_path))
     monkeypatch.setattr(feature_cache, "STATS", {"hits": 0, "misses": 0, "saved_s": 0.0})
-    kw = dict(layers="all", final=True, attention=True, mlp=[1], embeddings=True, keys=True)
+    kw = dict(layers="all", final=True, attention=True, embeddings=True, keys=True)
     first = extract(tiny_model, images, **kw)
     again = extract(tiny_model, images, **kw)
     assert feature_cache.STATS["hits"] == 1 and feature_cache.STATS["misses"] == 1
-    for store in ("tokens", "attention", "mlp", "keys"):
+    with_mlp = extract(tiny_model, images, **dict(kw, mlp=[1]))  # MLP activations: never cached
+    assert feature_cache.STATS["hits"] == 1 and feature_cache.STATS["misses"] == 1 and 1 in with_mlp.mlp
+    for store in ("tokens", "attention", "keys"):
         a, b = getattr(first, store), getattr(again, store)
         assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a), store
     assert torch.equal(first.embeddings, again.embeddings)

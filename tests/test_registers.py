@@ -37,6 +37,33 @@ def test_search_finds_the_planted_unit(kw, x):
     assert found.by_layer()[LAYER][0] == UNIT
 
 
+def test_a_build_reads_a_repeated_search_from_its_cache(x, tmp_path, monkeypatch):
+    """Chapters 6 and 7 search the same model on the same images: with the build's cache on,
+    the second search reads the first one's result (equal in every field), another setting
+    or an edited weight searches again, and a hooked model is never cached."""
+    from vitreg_lib import feature_cache
+
+    lm = planted(registers=2)
+    monkeypatch.setenv(feature_cache.ENV, str(tmp_path))
+    monkeypatch.setattr(feature_cache, "STATS", {"hits": 0, "misses": 0, "saved_s": 0.0})
+    kw = dict(max_layer=2, top_k=3, detect_layer=-1, rule=R.PATCH_MEAN_3STD)
+    first, again = R.find_register_neurons(lm, x, **kw), R.find_register_neurons(lm, x, **kw)
+    assert (feature_cache.STATS["hits"], feature_cache.STATS["misses"]) == (1, 1)
+    assert again.neurons == first.neurons and again.neurons[0] == (LAYER, UNIT)
+    assert np.array_equal(again.scores, first.scores) and again.scores.dtype == first.scores.dtype
+    assert {k: v for k, v in vars(again).items() if k != "scores"} == \
+        {k: v for k, v in vars(first).items() if k != "scores"}
+    R.find_register_neurons(lm, x, **dict(kw, top_k=4))  # another setting
+    with torch.no_grad():
+        lm.model.blocks[0].mlp.fc1.weight[0, 0] += 1.0  # an edited weight
+    R.find_register_neurons(lm, x, **kw)
+    assert feature_cache.STATS["hits"] == 1 and feature_cache.STATS["misses"] == 3
+    with R.add_test_time_registers(lm, first) as fixed:  # hooks: never cached
+        R.find_register_neurons(fixed, x, **kw)
+    assert feature_cache.STATS["misses"] == 3
+    assert len(list(tmp_path.glob("*-neurons-*.safetensors"))) == 3
+
+
 def test_the_fix_moves_the_high_norm_onto_the_extra_token(x):
     lm = planted(registers=2)
     before = extract(lm, x, layers=[-1])

@@ -111,9 +111,19 @@ class Settings:
     #: registers they run on, and how many labelled images
     controls_models: tuple[str, ...] = ()
     n_controls: int = 0
+    #: of those, the models whose [CLS] is controlled too (``None``: all of them); the
+    #: publish profile controls DINOv2-B's registers only, for the CPU budget
+    controls_cls: tuple[str, ...] | None = None
     #: chapter 5: the same controls on a test-time register (chapter 6's fix) of this model
     controls_ttr: TestTimeSearch | None = None
     outlier_models: tuple[str, ...] = ()  # chapter 1's models; empty: the pairs'
+
+    def control_targets(self, name: str) -> tuple[str, ...]:
+        """Chapter 5: which tokens of ``name`` the content controls replace."""
+        if name not in self.controls_models:
+            raise ValueError(f"{name} is not one of the controls' models ({', '.join(self.controls_models)}).")
+        cls = self.controls_cls is None or name in self.controls_cls
+        return ("registers", "cls") if cls else ("registers",)
 
     @property
     def models(self) -> list[str]:
@@ -210,7 +220,8 @@ _PRETRAINED = {
                                           source="Jiang et al. for DINOv2-L/14: layers <= 17, k ~ 45 (they "
                                                  "search 100 images; 64 here, for the CPU budget)"),
                     n_voc=80, lost_models=("dinov2_l", "dinov2_l_reg", "deit3_b", "openclip_b16"),
-                    probe_tokens=8000, controls_models=("dinov2_s_reg",), n_controls=160),
+                    probe_tokens=8000, controls_models=("dinov2_s_reg", "dinov2_b_reg"), n_controls=160,
+                    controls_cls=("dinov2_s_reg",)),
     "full": dict(pairs=(("dinov2_s", "dinov2_s_reg"), ("dinov2_b", "dinov2_b_reg"),
                         ("dinov2_l", "dinov2_l_reg")),
                  outlier_models=("dinov2_g", "dinov2_g_reg", "dinov2_l", "dinov2_l_reg", "deit3_b",
@@ -238,6 +249,7 @@ def _pretrained(smoke: bool, device: str, profile: str) -> Settings:
                     search=search, discovery=discovery, probe_tokens=p["probe_tokens"],
                     profile=profile, outlier_models=p["outlier_models"],
                     controls_models=p["controls_models"], n_controls=p["n_controls"],
+                    controls_cls=p.get("controls_cls"),
                     controls_ttr=TestTimeSearch("dinov2_s", "dinov2_s_reg", max_layer=8, top_k=10,
                                                 n_images=p["n_controls"],
                                                 source="course's choice for ViT-S/14: blocks <= 8 of 12, "

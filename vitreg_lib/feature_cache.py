@@ -15,6 +15,9 @@ What makes a key (any change gives another entry):
   and size all count;
 * the layers, and every flag saying what is kept (attention, MLP layers, embeddings, ...).
 
+Extractions that keep MLP activations are not cached (they are four times the width of
+the tokens, at every searched layer: hundreds of MB per batch of ViT-L images); the
+register-neuron search caches its result instead (:func:`vitreg_lib.registers.find_register_neurons`).
 A model with forward hooks attached (test-time registers, a content control) is never
 cached: what it computes is not a function of its weights alone. Entries are safetensors
 files (tensors) with a JSON header (layout, depth, model name); nothing is pickled.

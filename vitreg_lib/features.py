@@ -222,7 +222,9 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     options = dict(final=final, attention=attention, mlp=mlp, embeddings=embeddings, mid=mid,
                    received=received, keys=keys)
     where = feature_cache.folder()
-    if where is None or lm.extra_tokens or not feature_cache.cacheable(lm.model):
+    if where is None or lm.extra_tokens or not feature_cache.cacheable(lm.model) or mlp:
+        # MLP activations are never cached: 4x the width of the tokens, at many layers
+        # (a register-neuron search of ViT-L would write ~600 MB per batch of 8 images)
         return _extract(lm, images, layers, batch_size=batch_size, progress=progress, **options)
     if not isinstance(images, torch.Tensor):
         images = lm.preprocess(list(images))
