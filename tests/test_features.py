@@ -181,7 +181,7 @@ def test_feature_cache_is_off_by_default_and_exact_when_on(tmp_path, monkeypatch
 
 
 def test_extract_models_loads_one_model_at_a_time(monkeypatch):
-    from vitreg_lib import features
+    from vitreg_lib import features, models
     from vitreg_lib.models import load_model
 
     alive, peak = [], []
@@ -194,7 +194,7 @@ def test_extract_models_loads_one_model_at_a_time(monkeypatch):
         peak.append(sum(r() is not None for r in alive))
         return lm
 
-    monkeypatch.setattr(features, "load_model", counting_load)
+    monkeypatch.setattr(models, "load_model", counting_load)  # each_model's loader
     imgs = torch.randn(2, 3, 32, 32)
     out = features.extract_models(["mini_reg0", "mini_reg4", "mini_reg1"], imgs, layers=[-1])
     assert list(out) == ["mini_reg0", "mini_reg4", "mini_reg1"] and peak == [1, 1, 1]

@@ -214,21 +214,13 @@ def discover(lm: LoadedModel, images: Sequence[Image.Image], k: int = DEFAULT_K,
 
 def discover_models(names: Sequence[str], images: Sequence[Image.Image], device: str = "cpu",
                     **kwargs) -> dict[str, Discovery]:
-    """:func:`discover` for each registry model in ``names`` on the same images, loading
-    one model at a time and freeing it before the next (with VOC07's 5,011 images held in
+    """:func:`discover` for each registry model in ``names`` on the same images, one model in
+    memory at a time (:func:`vitreg_lib.models.each_model`; with VOC07's 5,011 images held in
     memory, ~4.5 GB, two ViT-L at once would not fit in 8 GB). ``kwargs`` go to
     :func:`discover`."""
-    import gc
+    from .models import each_model
 
-    from .models import load_model
-
-    out = {}
-    for name in names:
-        lm = load_model(name, device=device)
-        out[name] = discover(lm, images, **kwargs)
-        del lm
-        gc.collect()
-    return out
+    return each_model(names, lambda lm: discover(lm, images, **kwargs), device=device)
 
 
 def _warn_degenerate(found: Discovery, layer: int, centre_keys: bool) -> None:

@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from . import feature_cache
-from .models import LoadedModel, TokenLayout, load_model
+from .models import LoadedModel, TokenLayout, each_model
 
 Layer = int | str  # a block index, or "final"
 
@@ -449,19 +449,10 @@ def _join(chunks: list[torch.Tensor]) -> torch.Tensor:
 
 def extract_models(names: Iterable[str], images: torch.Tensor | Sequence[Image.Image] | None = None,
                    device: str = "cpu", **kwargs) -> dict[str, Features]:
-    """:func:`extract` for each registry model in ``names`` over the same PIL ``images``,
-    loading one model at a time and freeing it before the next: a chapter that compares
-    DINOv2-g with others never holds two large models (fp32 ViT-g alone is ~4.5 GB).
-    ``kwargs`` go to :func:`extract`."""
-    import gc
-
-    out = {}
-    for name in names:
-        lm = load_model(name, device=device)
-        out[name] = extract(lm, images, **kwargs)
-        del lm
-        gc.collect()
-    return out
+    """:func:`extract` for each registry model in ``names`` over the same PIL ``images``, one
+    model in memory at a time (:func:`vitreg_lib.models.each_model`). ``kwargs`` go to
+    :func:`extract`."""
+    return each_model(names, lambda lm: extract(lm, images, **kwargs), device=device)
 
 
 class HookSet:

@@ -28,13 +28,15 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .data import to_rgb8
+
+T = TypeVar("T")
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "mini"
 
@@ -318,6 +320,22 @@ def preprocess(images: Sequence[Image.Image] | Image.Image, size: int,
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+def each_model(names: Iterable[str], fn: Callable[[LoadedModel], T], device: str | torch.device = "cpu",
+               ) -> dict[str, T]:
+    """``{name: fn(model)}`` for each registry model in ``names``, loading one model at a time
+    and freeing it before the next is loaded: a chapter that compares DINOv2-g with others
+    never holds two large models (fp32 ViT-g alone is ~4.5 GB). ``fn`` must not keep the model."""
+    import gc
+
+    out = {}
+    for name in names:
+        lm = load_model(name, device=device)
+        out[name] = fn(lm)
+        del lm
+        gc.collect()
+    return out
 
 
 def load_model(name: str, device: str | torch.device = "cpu", weights: str | Path | None = None,
