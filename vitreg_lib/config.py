@@ -121,7 +121,8 @@ class Settings:
     def control_targets(self, name: str) -> tuple[str, ...]:
         """Chapter 5: which tokens of ``name`` the content controls replace."""
         if name not in self.controls_models:
-            raise ValueError(f"{name} is not one of the controls' models ({', '.join(self.controls_models)}).")
+            raise ValueError(f"{name} is not one of the controls' models "
+                             f"({', '.join(self.controls_models)}).")
         cls = self.controls_cls is None or name in self.controls_cls
         return ("registers", "cls") if cls else ("registers",)
 
