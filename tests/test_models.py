@@ -227,3 +227,11 @@ def test_thin_and_tiny_images_get_a_warning_naming_the_resize_and_crop():
     with warnings.catch_warnings():  # a 3:2 photo is neither
         warnings.simplefilter("error")
         preprocess(Image.new("RGB", (48, 32)), 32, mean, std, 4)
+    # the same note for many images is one warning that lists them (a CIFAR-10 set: not 160)
+    batch = [Image.new("RGB", (10, 10))] * 3 + [Image.new("RGB", (48, 32))] + [Image.new("RGB", (10, 10))] * 2
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        x = preprocess(batch, 32, mean, std, 4)
+    assert x.shape == (6, 3, 32, 32) and len(said) == 1, [str(w.message) for w in said]
+    assert str(said[0].message) == ("Images 0-2, 4-5 (5 of 6): each is 10x10 px, far smaller than the "
+                                    "32x32 input: upsampled 3.2x (bicubic).")

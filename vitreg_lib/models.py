@@ -272,6 +272,16 @@ def crop_geometry(width: int, height: int, size: int) -> CropGeometry:
     return CropGeometry(width, height, size, nw, nh, (nw - size) // 2, (nh - size) // 2)
 
 
+def _index_ranges(indices: Sequence[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    runs, start = [], indices[0]
+    for prev, cur in zip(indices, [*indices[1:], None]):
+        if cur is None or cur != prev + 1:
+            runs.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    return ", ".join(runs)
+
+
 def preprocess(images: Sequence[Image.Image] | Image.Image, size: int,
                mean: Sequence[float], std: Sequence[float], patch_size: int) -> torch.Tensor:
     """Resize the shorter side to ``size``, centre-crop to ``size x size``, normalise.
@@ -281,7 +291,8 @@ def preprocess(images: Sequence[Image.Image] | Image.Image, size: int,
       (:func:`vitreg_lib.data.to_rgb8`); each with a warning that says what was done.
     * An image far from square (the crop keeps less than half of its long side) or
       far smaller than ``size`` (upsampled more than 2x) gets a warning that names the
-      resize and crop applied.
+      resize and crop applied. Images that get the same note share one warning, which
+      lists them (160 CIFAR-10 images of 32x32 px: one warning, not 160).
     * ``size`` must be a multiple of ``patch_size`` (so no patch is cut).
     * An image smaller than one patch is refused: it holds no patch token.
     """
@@ -290,7 +301,7 @@ def preprocess(images: Sequence[Image.Image] | Image.Image, size: int,
     if size % patch_size:
         raise ValueError(f"size={size} is not a multiple of the patch size {patch_size}; "
                          f"use {max(patch_size, size // patch_size * patch_size)}.")
-    out = []
+    out, said = [], {}  # note -> the images it applies to: one warning per note, not per image
     for i, im in enumerate(images):
         if not isinstance(im, Image.Image):
             raise TypeError(f"Image {i} is a {type(im).__name__}, expected a PIL.Image; "
@@ -311,11 +322,15 @@ def preprocess(images: Sequence[Image.Image] | Image.Image, size: int,
             notes.append(f"is {w}x{h} px, far smaller than the {size}x{size} input: upsampled "
                          f"{size / min(w, h):.1f}x (bicubic)")
         for note in notes:
-            warnings.warn(f"Image {i} {note}.", stacklevel=2)
+            said.setdefault(note, []).append(i)
         im = im.resize((g.resized_w, g.resized_h), Image.BICUBIC)
         im = im.crop((g.left, g.top, g.left + size, g.top + size))
         arr = np.asarray(im, dtype=np.float32) / 255.0
         out.append(torch.from_numpy(arr).permute(2, 0, 1))
+    for note, which in said.items():
+        who = f"Image {which[0]}" if len(which) == 1 else \
+            f"Images {_index_ranges(which)} ({len(which)} of {len(out)}): each"
+        warnings.warn(f"{who} {note}.", stacklevel=2)
     x = torch.stack(out)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
