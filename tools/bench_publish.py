@@ -1,6 +1,6 @@
 """What the published book costs: the pretrained tier's publish profile, end to end.
 
-    python tools/bench_publish.py            # what `make bench-publish` runs (28 min on 2 Xeon cores, measured)
+    python tools/bench_publish.py            # what `make bench-publish` runs (28 min on 2 Xeon cores)
     python tools/bench_publish.py --smoke    # the same path at smoke size (what `make test` runs)
     python tools/bench_publish.py --chapters 05_registers,06_test_time_registers --work DIR
         # only these chapters, each alone with a cold feature cache (no HTML): an upper
