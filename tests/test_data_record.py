@@ -58,6 +58,17 @@ def test_recorder_writes_json_and_table(tmp_path):
         rec("bad name", 1)
 
 
+def test_a_number_recorded_quietly_is_kept_but_not_printed(tmp_path, capsys):
+    """Chapter 5 records its 32 control numbers with show=False: its table shows them."""
+    rec = Recorder("nb", results_dir=tmp_path)
+    rec("shown", 1.0, model="m")
+    rec("quiet", 2.0, model="m", show=False)
+    assert capsys.readouterr().out == "shown = 1 — m\n"
+    assert json.loads((tmp_path / "nb.json").read_text())["quiet"]["value"] == 2.0
+    Recorder("nb2", results_dir=tmp_path, show=False)("forced", 3.0, show=True)
+    assert capsys.readouterr().out == "forced = 3\n"
+
+
 def test_image_set_showcase_mixes_photos_and_scenes():
     from vitreg_lib.data import analysis_images
 

@@ -80,7 +80,10 @@ class Recorder:
         self.path.write_text("{}")
 
     def __call__(self, name: str, value: Any, *, paper: Any = None, model: str | None = None,
-                 note: str = "", comparable: str = "") -> Any:
+                 note: str = "", comparable: str = "", show: bool | None = None) -> Any:
+        """Record ``value`` under ``name`` (see the module docstring); ``show=False`` records
+        and glues it without printing its line (for a cell that shows its numbers in a
+        table of its own; default: the recorder's ``show``)."""
         if not name.replace("_", "").isalnum():
             raise ValueError(f"Record names use letters, digits and '_': {name!r}.")
         value = _plain(value)
@@ -91,7 +94,7 @@ class Recorder:
             glue(name, value)
         except ImportError:  # no IPython: plain script
             pass
-        if self.show:
+        if self.show if show is None else show:
             shown = f"{value:.4g}" if isinstance(value, float) else value
             extra = f" (paper: {paper})" if paper is not None else ""
             print(f"{name} = {shown}{extra}" + (f" — {model}" if model else ""))
