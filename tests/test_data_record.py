@@ -166,6 +166,22 @@ def test_the_content_controls_run_on_both_dinov2_register_models_of_the_publishe
         pub.control_targets("dinov2_l_reg")
 
 
+def test_a_notebook_shows_its_settings_within_the_column():
+    """Each chapter displays its settings in the first cell: one field per line, no line over
+    the 88 characters the book's column holds, every field there."""
+    import dataclasses
+
+    from vitreg_lib.config import settings, shown
+
+    for s in (settings("pretrained", smoke=False, device="cpu", profile="publish"),
+              settings("mini", smoke=True, device="cpu")):
+        text = shown(s)
+        assert max(len(line) for line in text.splitlines()) <= 88
+        assert text.startswith("Settings(\n    tier=") and text.endswith("\n)")
+        assert all(f"\n    {f.name}=" in text for f in dataclasses.fields(s))
+        assert shown(s.search).startswith("TestTimeSearch(\n    model=")
+
+
 def test_scene_options_border_texture_trigger():
     plain = make_scenes(6, seed=2, size=32)
     # options left at their defaults draw exactly the scenes drawn before they existed

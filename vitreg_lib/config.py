@@ -50,8 +50,28 @@ REAL_OFFLINE = ("dinov2_s_imgfocus",)
 FLOPS_ARCH = "vit_large_patch14_reg4_dinov2.lvd142m"
 
 
+class _Shown:
+    """A notebook shows these settings one field per line, wrapped to the book's column."""
+
+    def _repr_pretty_(self, p, cycle) -> None:  # IPython's display hook
+        p.text(shown(self))
+
+
+def shown(settings, width: int = 88) -> str:
+    """``settings`` (a dataclass) as ``Name(`` + one ``field=value,`` per line + ``)``, each
+    line at most ``width`` characters (a long value continues on indented lines)."""
+    import dataclasses
+    import textwrap
+
+    lines = [f"{type(settings).__name__}("]
+    for f in dataclasses.fields(settings):
+        lines += textwrap.wrap(f"{f.name}={getattr(settings, f.name)!r},", width, initial_indent="    ",
+                               subsequent_indent="        ", break_on_hyphens=False)
+    return "\n".join(lines + [")"])
+
+
 @dataclass(frozen=True)
-class TestTimeSearch:
+class TestTimeSearch(_Shown):
     """Chapter 6: where to look for register neurons, and what to compare with."""
 
     __test__ = False  # not a pytest test class
@@ -65,7 +85,7 @@ class TestTimeSearch:
 
 
 @dataclass(frozen=True)
-class DiscoverySettings:
+class DiscoverySettings(_Shown):
     """Chapter 7: LOST object discovery."""
 
     dataset: str  # "scenes" (offline, with boxes) or "VOC07"
@@ -78,7 +98,7 @@ class DiscoverySettings:
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(_Shown):
     """Everything a chapter sizes itself by (see :func:`settings`)."""
 
     tier: str
