@@ -8,10 +8,22 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under pytest-xdist the workers share the cores: each worker, and every notebook kernel it
+# starts (kernels inherit the environment), gets its share of threads. Two workers with
+# two OpenMP threads each on 2 cores spin against each other: a chapter's 100-s smoke run
+# took over 8 minutes that way.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = str(THREADS)
+
+import torch  # noqa: E402 (after the thread setting, which torch reads when it starts)
 
 from vitreg_lib.models import LoadedModel, ModelSpec, build_vit
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(THREADS)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from plant import fill_hub_cache, plant_image_folder  # noqa: E402, F401 (re-exported to the tests)
 
