@@ -102,7 +102,8 @@ _SPECS: list[ModelSpec] = [
                    "converted offline; the backbone may have been fine-tuned for saliency. Every "
                    "block's output matches the ONNX network run by onnxruntime (relative error "
                    "2.5e-6, tolerance 1e-4, 224 px); its distance to facebook/dinov2-small is "
-                   "measured by tools/compare_imgfocus.py, which needs the network"),
+                   "measured by tools/compare_imgfocus.py, which needs the network (the published "
+                   "book's status page shows it)"),
 ]
 
 #: name -> :class:`ModelSpec`; the one table every notebook and test reads.
