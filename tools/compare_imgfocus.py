@@ -88,19 +88,25 @@ def cosines(a: LoadedModel, fb: Features, x: torch.Tensor) -> dict:
     return out
 
 
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(cells) + " |" for cells in (head, ["---"] * len(head), *rows)]
+
+
 def markdown(report: dict) -> str:
+    """Two tables that each fit the book's text column (weights, then tokens), and the verdict."""
     w, c, course = report["weights"], report["cosine_same_resampling"], report["cosine_course_row"]
-    head = ["block", *MATRICES, "vectors (max)", "patch cos", "[CLS] cos", "patch cos (course row)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i in range(report["depth"]):
-        k = str(i)
-        cells = [k, *(f"{w[k][m]:.2e}" for m in (*MATRICES, "vectors (max)")),
-                 *(f"{v:.5f}" for v in (c[k]["patch cosine"], c[k]["cls cosine"], course[k]["patch cosine"]))]
-        lines.append("| " + " | ".join(cells) + " |")
-    e, n = w["embeddings"], w["final norm"]
-    lines += ["", "embeddings: " + ", ".join(f"{k} {v:.2e}" for k, v in e.items())
-              + "; final norm: " + ", ".join(f"{k} {v:.2e}" for k, v in n.items()),
-              "", report["conclusion"]]
+    blocks = [str(i) for i in range(report["depth"])]
+    lines = ["Relative distance of the weights, per block:", "",
+             *_table(["block", *MATRICES, "vectors (max)"],
+                     [[k, *(f"{w[k][m]:.3g}" for m in (*MATRICES, "vectors (max)"))] for k in blocks]),
+             "", "embeddings: " + ", ".join(f"{k} {v:.3g}" for k, v in w["embeddings"].items())
+             + "; final norm: " + ", ".join(f"{k} {v:.3g}" for k, v in w["final norm"].items()), "",
+             "Mean cosine of the two models' tokens on the same photos, per block (both position "
+             "embeddings resampled the same way; the last column: the course's row as it is loaded):", "",
+             *_table(["block", "patch tokens", "[CLS]", "patch tokens, course row"],
+                     [[k, *(f"{v:.4f}" for v in (c[k]["patch cosine"], c[k]["cls cosine"],
+                                                  course[k]["patch cosine"]))] for k in blocks]),
+             "", report["conclusion"]]
     return "\n".join(lines)
 
 
