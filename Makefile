@@ -5,8 +5,9 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# The book's model tier: mini (offline, the default) or pretrained (make book TIER=pretrained).
-TIER   ?= mini
+# The book's model tier: offline (the default: the minis and a real DINOv2-S, no network) or
+# pretrained (make book TIER=pretrained). TIER=mini, the offline tier's old name, still works.
+TIER   ?= offline
 # The pretrained tier's sizes: full (the paper's, for a GPU) or publish (the CPU-built book).
 PROFILE ?= full
 

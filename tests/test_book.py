@@ -48,12 +48,12 @@ def built(tmp_path_factory):
 
 
 def test_every_toc_notebook_ran_and_recorded(built):
-    status = json.loads((built / "results" / "mini" / "_status.json").read_text())
+    status = json.loads((built / "results" / "offline" / "_status.json").read_text())
     assert [s["notebook"] for s in status] == build_book.notebooks()
     assert all(s["status"] == "ok" and s["mode"] == "smoke" for s in status)
     for nb, run in zip(build_book.notebooks(), status):
-        recorded = json.loads((built / "results" / "mini" / f"{Path(nb).stem}.json").read_text())
-        assert run["tier"] == "mini" and run["models"] == list(dict.fromkeys(
+        recorded = json.loads((built / "results" / "offline" / f"{Path(nb).stem}.json").read_text())
+        assert run["tier"] == "offline" and run["models"] == list(dict.fromkeys(
             e["model"] for e in recorded.values() if e["model"])), nb
         assert "mini_reg0" in run["models"], nb
     pretrained = built / "results" / "pretrained"  # another tier's numbers survive a mini build
@@ -62,8 +62,8 @@ def test_every_toc_notebook_ran_and_recorded(built):
 
 
 def test_chapter1_numbers_are_what_the_library_measures(built):
-    rec = json.loads((built / "results" / "mini" / "01_high_norm_tokens.json").read_text())
-    s = settings("mini", smoke=True)
+    rec = json.loads((built / "results" / "offline" / "01_high_norm_tokens.json").read_text())
+    s = settings("offline", smoke=True)
     imgs = data.analysis_images(s.n_photos, s.n_scenes, seed=0)
     for name in s.models:
         entry = rec[f"outlier_pct_{name}"]
@@ -84,11 +84,11 @@ def test_book_pages_show_figures_and_links(built):
     assert "Paper vs here" in ch1 and "google.colab" not in ch1  # setup cell hidden
     assert "html-manager" not in ch1  # no widget scripts from a CDN: the page works offline
     intro = (html / "book" / "intro.html").read_text()
-    assert "come from the <strong>mini</strong> tier" in intro  # the build says where its figures come from
+    assert "come from the <strong>offline</strong> tier" in intro  # the build says where its figures come from
     assert build_book.colab_url("notebooks/01_high_norm_tokens.ipynb") in intro
     status = (html / "book" / "status.html").read_text()
     assert "01_high_norm_tokens" in status
-    assert ("This build: <strong>mini</strong> tier, <strong>smoke</strong> mode, "
+    assert ("This build: <strong>offline</strong> tier, <strong>smoke</strong> mode, "
             "<strong>full</strong> profile.") in status
     assert re.search(r"01_high_norm_tokens</p></td>\n(<td><p>[^<]*</p></td>\n){4}"
                      r"<td><p>mini_reg0, mini_reg4, dinov2_s_imgfocus</p></td>", status)  # the real ViT-S too
@@ -134,7 +134,7 @@ def test_scorecard_page_shows_both_tiers_with_verdicts(built, request):
     rows = scorecard.rows(results)
     flops = [r for r in rows if r.name.startswith("extra_flops_pct")]
     assert flops and all(r.verdict == ARITHMETIC for r in flops)
-    mini = sum(r.verdict == REPRODUCED for r in rows if r.tier == "mini")  # the FLOPs not among them
+    mini = sum(r.verdict == REPRODUCED for r in rows if r.tier == "offline")  # the FLOPs not among them
     assert f"<strong>mini</strong> (smoke mode, 7 chapters): {mini} reproduced" in html
     assert "<strong>pretrained</strong> (full mode, 1 chapter): 1 reproduced" in html
     assert "within 10 % (relative)" in html  # the rules are on the page
@@ -195,22 +195,22 @@ def test_a_build_keeps_its_results_in_its_tier_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("VITREG_RESULTS_DIR", "")  # restored after the test; main sets it
     monkeypatch.setenv("MPLBACKEND", "agg")
     plant_pretrained(tmp_path)
-    stale = build_book.results_dir(tmp_path, "mini") / "99_removed_chapter.json"
+    stale = build_book.results_dir(tmp_path, "offline") / "99_removed_chapter.json"
     stale.parent.mkdir(parents=True)
     stale.write_text("{}")
     monkeypatch.setattr(sys, "argv", ["build_book.py", "--mode", "smoke", "--out", str(tmp_path)])
     assert build_book.main() == 0
 
-    mini = build_book.results_dir(tmp_path, "mini")
+    mini = build_book.results_dir(tmp_path, "offline")
     assert not stale.exists()  # a tier's folder holds one build's numbers only
     assert sorted(p.stem for p in mini.glob("[!_]*.json")) == [Path(nb).stem for nb in build_book.notebooks()]
     runs = json.loads((mini / "_status.json").read_text())
-    assert all(r["tier"] == "mini" and r["models"] == ["m1", "m2"] for r in runs)
+    assert all(r["tier"] == "offline" and r["models"] == ["m1", "m2"] for r in runs)
     planted = build_book.results_dir(tmp_path, "pretrained") / "01_high_norm_tokens.json"
     assert json.loads(planted.read_text()) == PLANTED
     stage = tmp_path / "stage"
     status = (stage / "book" / "status.md").read_text()
-    assert "This build: **mini** tier, **smoke** mode, **full** profile." in status
+    assert "This build: **offline** tier, **smoke** mode, **full** profile." in status
     assert "| 01_high_norm_tokens | ok | " in status and "| m1, m2 |" in status
     card = (stage / "book" / "scorecard.md").read_text()
     assert "<!-- scorecard -->" not in card and "**pretrained** (full mode, 1 chapter)" in card
@@ -301,15 +301,15 @@ def test_notebooks_are_committed_without_outputs_and_share_parameters():
 
 def test_an_unknown_dataset_names_the_options():
     with pytest.raises(ValueError, match="nor a folder.*'auto'.*boxes.json"):
-        settings("mini", smoke=True, dataset="imagenet")
+        settings("offline", smoke=True, dataset="imagenet")
 
 
 def test_chapter2_numbers_are_what_the_library_measures(built):
     from vitreg_lib.models import training_log
     from vitreg_lib.train import summarize_log
 
-    rec = json.loads((built / "results" / "mini" / "02_where_and_when.json").read_text())
-    s = settings("mini", smoke=True)
+    rec = json.loads((built / "results" / "offline" / "02_where_and_when.json").read_text())
+    s = settings("offline", smoke=True)
     assert rec["emergence_fraction"]["value"] == summarize_log(training_log(s.log_model))["emerged_at"]
     assert rec["emergence_fraction"]["paper"] == pytest.approx(1 / 3, abs=1e-3)
     for name in s.sizes:
@@ -321,9 +321,9 @@ def test_chapter2_numbers_are_what_the_library_measures(built):
 def test_chapters3_and_4_recorded_numbers(built):
     from vitreg_lib.paper import probe_reference
 
-    s = settings("mini", smoke=True)
-    ch3 = json.loads((built / "results" / "mini" / "03_redundant_patches.json").read_text())
-    ch4 = json.loads((built / "results" / "mini" / "04_local_and_global.json").read_text())
+    s = settings("offline", smoke=True)
+    ch3 = json.loads((built / "results" / "offline" / "03_redundant_patches.json").read_text())
+    ch4 = json.loads((built / "results" / "offline" / "04_local_and_global.json").read_text())
     ref = set(probe_reference().values())
     for name in s.probe_models:
         assert -1 <= ch3[f"median_similarity_normal_{name}"]["value"] <= 1
@@ -343,8 +343,8 @@ def test_chapter5_numbers_are_what_the_library_measures(built):
     from vitreg_lib import registers
     from vitreg_lib.config import FLOPS_ARCH
 
-    rec = json.loads((built / "results" / "mini" / "05_registers.json").read_text())
-    s = settings("mini", smoke=True)
+    rec = json.loads((built / "results" / "offline" / "05_registers.json").read_text())
+    s = settings("offline", smoke=True)
     imgs = data.analysis_images(s.n_photos, s.n_scenes, seed=0)
     for name in s.probe_models:
         f = features.extract(load_model(name), list(imgs.images.values()), layers=[-1])
@@ -360,7 +360,7 @@ def test_chapter5_numbers_are_what_the_library_measures(built):
 
 
 def test_chapter6_finds_the_planted_neuron_and_records_the_fix(built):
-    rec = json.loads((built / "results" / "mini" / "06_test_time_registers.json").read_text())
+    rec = json.loads((built / "results" / "offline" / "06_test_time_registers.json").read_text())
     assert rec["planted_neuron_ranked_first"]["value"] == 1
     assert rec["outlier_pct_planted"]["value"] > 0 and rec["outlier_pct_planted_fixed"]["value"] == 0
     assert rec["planted_extra_over_patch_norm"]["value"] > 5
@@ -374,8 +374,8 @@ def test_chapter6_finds_the_planted_neuron_and_records_the_fix(built):
 def test_chapter7_corloc_is_what_the_library_measures(built):
     from vitreg_lib import discovery
 
-    rec = json.loads((built / "results" / "mini" / "07_object_discovery.json").read_text())
-    s = settings("mini", smoke=True)
+    rec = json.loads((built / "results" / "offline" / "07_object_discovery.json").read_text())
+    s = settings("offline", smoke=True)
     d = s.discovery
     assert {f"corloc_{m}" for m in d.models} | {f"corloc_{d.test_time}_ttr"} <= set(rec)
     scene = data.scene_kwargs(load_model(d.models[0]).info["data"])
@@ -390,7 +390,8 @@ def test_chapter7_corloc_is_what_the_library_measures(built):
 
 
 def test_the_intro_note_follows_the_tier():
-    assert "**mini** tier" in build_book.tier_note(["mini"])
+    assert "**offline** tier" in build_book.tier_note(["offline"])
+    assert build_book.tier_note(["mini"]) == build_book.tier_note(["offline"])  # the old name, an alias
     note = build_book.tier_note(["pretrained"])
     assert "**pretrained** tier" in note and "scorecard" in note and "mini" not in note
     assert note.startswith("```{important}") and note.endswith("```")
@@ -455,7 +456,7 @@ def test_chapter1_explorer_draws_what_the_library_computes(built, browser):
     page = open_explorer(browser, built, "01_high_norm_tokens")
     payload = page.payload()
     layers = payload["models"][0]["layers"]
-    s = settings("mini", smoke=True)
+    s = settings("offline", smoke=True)
     imgs = data.analysis_images(s.n_photos, s.n_scenes, seed=0, photos=s.photos)
     shown = [im["name"] for im in payload["images"]]
     image = list(imgs.images).index(shown[0])
@@ -523,12 +524,12 @@ def test_each_chapter_opens_with_a_box_its_numbers_give(built):
     for nb in build_book.notebooks():
         stem = Path(nb).stem
         html = (built / "_build" / "html" / nb.replace(".ipynb", ".html")).read_text()
-        recorded = json.loads((built / "results" / "mini" / f"{stem}.json").read_text())
-        box = opening_box.box(stem, recorded, "mini")
+        recorded = json.loads((built / "results" / "offline" / f"{stem}.json").read_text())
+        box = opening_box.box(stem, recorded, "offline")
         if box is None:
             assert opening_box.TITLE not in html, stem
             continue
         article = html[html.index("<article"):]
         assert article.index(opening_box.TITLE) < article.index("<h2"), stem  # at the top
-        for verdict in re.findall(r"\*\*Here\*\* \(mini tier\): ([^—]+) —", box):
-            assert f"<strong>Here</strong> (mini tier): {verdict.strip()} —" in html, (stem, verdict)
+        for verdict in re.findall(r"\*\*Here\*\* \(offline tier\): ([^—]+) —", box):
+            assert f"<strong>Here</strong> (offline tier): {verdict.strip()} —" in html, (stem, verdict)

@@ -137,7 +137,7 @@ def test_settings_for_the_register_chapters():
     from vitreg_lib.config import MINI_FAMILY, settings
     from vitreg_lib.models import get_spec, load_model
 
-    mini = settings("mini", smoke=False, device="cpu")
+    mini = settings("offline", smoke=False, device="cpu")
     assert mini.family == MINI_FAMILY  # all five are bundled
     assert [get_spec(n).registers for n in mini.family] == [0, 1, 2, 4, 8]
     depth = len(load_model(mini.search.model).model.blocks)
@@ -160,7 +160,7 @@ def test_the_content_controls_run_on_both_dinov2_register_models_of_the_publishe
     assert "dinov2_b_reg" in pub.all_models()  # its weights are fetched (and planted by the benchmark)
     full = settings("pretrained", smoke=False, device="cpu", profile="full")
     assert all(full.control_targets(m) == ("registers", "cls") for m in full.controls_models)
-    mini = settings("mini", smoke=True, device="cpu")
+    mini = settings("offline", smoke=True, device="cpu")
     assert mini.control_targets("mini_reg4") == ("registers", "cls")
     with pytest.raises(ValueError, match="not one of the controls' models"):
         pub.control_targets("dinov2_l_reg")
@@ -174,12 +174,30 @@ def test_a_notebook_shows_its_settings_within_the_column():
     from vitreg_lib.config import settings, shown
 
     for s in (settings("pretrained", smoke=False, device="cpu", profile="publish"),
-              settings("mini", smoke=True, device="cpu")):
+              settings("offline", smoke=True, device="cpu")):
         text = shown(s)
         assert max(len(line) for line in text.splitlines()) <= 88
         assert text.startswith("Settings(\n    tier=") and text.endswith("\n)")
         assert all(f"\n    {f.name}=" in text for f in dataclasses.fields(s))
         assert shown(s.search).startswith("TestTimeSearch(\n    model=")
+
+
+def test_the_offline_tier_keeps_its_old_name_as_an_alias():
+    """The offline tier was called "mini" while it held the minis only: the old name still
+    gives the same settings, and a build under it writes to the same results folder."""
+    import sys
+    from pathlib import Path
+
+    from vitreg_lib.config import canonical_tier, settings
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import build_book
+
+    assert settings("mini", smoke=True, device="cpu") == settings("offline", smoke=True, device="cpu")
+    assert settings("mini", smoke=True, device="cpu").tier == "offline" == canonical_tier("mini")
+    assert build_book.results_dir(Path("out"), "mini") == build_book.results_dir(Path("out"), "offline")
+    with pytest.raises(ValueError, match="tier must be 'auto' or one of \\('offline', 'pretrained'\\)"):
+        settings("tiny", device="cpu")
 
 
 def test_scene_options_border_texture_trigger():

@@ -59,7 +59,7 @@ def staged(tmp_path_factory) -> Path:
     for nb in build_book.notebooks():
         (out / "executed" / nb).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / nb, out / "executed" / nb)
-        runs.append(dict(notebook=nb, status="ok", mode="smoke", tier="mini", seconds=0.0, models=[]))
+        runs.append(dict(notebook=nb, status="ok", mode="smoke", tier="offline", seconds=0.0, models=[]))
     return build_book.stage(out, runs)
 
 

@@ -70,7 +70,7 @@ def test_hub_unreachable_is_a_clear_error_not_a_swap(tmp_path):
     code = "from vitreg_lib.models import load_model; load_model({!r})"
     offline = run_python(code.format("dinov2_s"), HF_HUB_CACHE=str(tmp_path), HF_HUB_OFFLINE="1")
     assert "ModelUnavailableError" in offline.stderr
-    assert "needs network access the first time" in offline.stderr and "mini tier" in offline.stderr
+    assert "needs network access the first time" in offline.stderr and "offline tier" in offline.stderr
     closed = run_python(code.format("deit3_s"), HF_HUB_CACHE=str(tmp_path), HF_HUB_OFFLINE="0",
                         HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens there
     assert "ModelUnavailableError" in closed.stderr and "unreachable" in closed.stderr

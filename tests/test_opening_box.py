@@ -26,7 +26,7 @@ def test_the_reasons_are_the_chapters_own_words():
     entries = {"outlier_pct_m": entry(0.0, 2.37, comparable="no: paper is DINOv2 ViT-g, norm > 150"),
                "norm_ratio_m": entry(1.5, 10.0, comparable="loosely: same quantity, other model"),
                "no_paper_value": entry(3.0, None)}
-    text = opening_box.box("01_high_norm_tokens", entries, "mini")
+    text = opening_box.box("01_high_norm_tokens", entries, "offline")
     assert "not reproduced (0 of 1)" in text  # the "no" one is not judged
     why = text.split("**Why they differ**: ")[1]
     assert why.startswith("no: paper is DINOv2 ViT-g, norm > 150; loosely: same quantity, other model (")
@@ -34,7 +34,7 @@ def test_the_reasons_are_the_chapters_own_words():
 
 
 def test_a_chapter_without_paper_values_gets_no_box():
-    assert opening_box.box("02_where_and_when", {"x_m": entry(1.0, None)}, "mini") is None
+    assert opening_box.box("02_where_and_when", {"x_m": entry(1.0, None)}, "offline") is None
 
 
 def test_the_build_puts_the_box_under_the_title(tmp_path):
@@ -43,10 +43,10 @@ def test_the_build_puts_the_box_under_the_title(tmp_path):
                      "execution_count": None}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     page = tmp_path / "01_high_norm_tokens.ipynb"
     page.write_text(json.dumps(nb))
-    folder = build_book.results_dir(tmp_path, "mini")
+    folder = build_book.results_dir(tmp_path, "offline")
     folder.mkdir(parents=True)
     (folder / "01_high_norm_tokens.json").write_text(json.dumps({"outlier_pct_m": entry(0.1, 2.37)}))
-    run = dict(notebook="notebooks/01_high_norm_tokens.ipynb", status="ok", tier="mini")
+    run = dict(notebook="notebooks/01_high_norm_tokens.ipynb", status="ok", tier="offline")
     assert build_book.add_opening_box(page, tmp_path, run)
     cells = json.loads(page.read_text())["cells"]
     assert [c["id"] for c in cells] == ["t", "opening-box", "c"]

@@ -37,7 +37,7 @@ def plant(root: Path, tier: str, notebooks: dict, status: bool = True, mode: str
 @pytest.fixture
 def results(tmp_path):
     root = tmp_path / "results"
-    plant(root, "mini", {
+    plant(root, "offline", {
         "01_high_norm_tokens": {
             "outlier_pct_mini_reg0": entry(0.0, 2.37, "mini_reg0", "no: a 1 M-parameter model, no outliers",
                                            note="histogram gap rule | last block; 16 scenes, cost $0"),
@@ -68,15 +68,15 @@ def test_rows_are_the_numbers_with_a_paper_value_grouped_by_finding(results):
     rows = scorecard.rows(results, list(CHAPTERS))
     got = [(r.finding, r.quantity, r.tier, r.model, r.verdict) for r in rows]
     assert got == [
-        ("F1", "outlier_pct", "mini", "mini_reg0", NOT_COMPARABLE),  # comparable: "no: ..."
+        ("F1", "outlier_pct", "offline", "mini_reg0", NOT_COMPARABLE),  # comparable: "no: ..."
         ("F1", "outlier_pct", "pretrained", "dinov2_g", REPRODUCED),  # the same quantity, side by side
         ("F1", "outlier_pct", "pretrained", "dinov2_g_reg", NOT_REPRODUCED),
-        ("F1", "norm_ratio", "mini", "mini_reg0", NOT_COMPARABLE),  # nothing measured
-        ("F4", "position_top1_normal", "mini", "mini_reg0", REPRODUCED),
-        ("F5", "global_accuracy_cls", "mini", "mini_reg0", NOT_REPRODUCED),
-        ("F6", "outlier_pct", "mini", "mini_reg4", REPRODUCED),  # "≈ 0": at most 0.5 from zero
-        ("F8", "extra_flops_pct_vitl_4", "mini", "ViT-L/14 (FLOPs counted)", ARITHMETIC),  # "< 2": agrees
-        ("F8", "extra_flops_pct_vitl_16", "mini", "ViT-L/14 (FLOPs counted)", ARITHMETIC),  # "~ 6": differs
+        ("F1", "norm_ratio", "offline", "mini_reg0", NOT_COMPARABLE),  # nothing measured
+        ("F4", "position_top1_normal", "offline", "mini_reg0", REPRODUCED),
+        ("F5", "global_accuracy_cls", "offline", "mini_reg0", NOT_REPRODUCED),
+        ("F6", "outlier_pct", "offline", "mini_reg4", REPRODUCED),  # "≈ 0": at most 0.5 from zero
+        ("F8", "extra_flops_pct_vitl_4", "offline", "ViT-L/14 (FLOPs counted)", ARITHMETIC),  # "< 2": agrees
+        ("F8", "extra_flops_pct_vitl_16", "offline", "ViT-L/14 (FLOPs counted)", ARITHMETIC),  # "~ 6": differs
     ]
     assert [r.criterion for r in rows if r.finding == "F8"] == ["agrees, < 2", "differs, within 20 % of 6"]
     assert all(r.tier != "gpu_run" for r in rows)  # no _status.json: that build did not finish
@@ -191,8 +191,8 @@ def test_page_states_the_rules_and_shows_both_tiers(results):
     md = scorecard.page(results, CHAPTERS)
     assert "within 10 % (relative)" in md and "within 20 %" in md and "at most 0.5 from zero" in md
     assert "counted on the architecture" in md and "never counts as a reproduction" in md
-    # the counted FLOPs are arithmetic checks, not among the mini tier's reproductions
-    assert ("**mini** (smoke mode, 3 chapters): 2 reproduced, 1 not reproduced, 2 not comparable, "
+    # the counted FLOPs are arithmetic checks, not among the offline tier's reproductions
+    assert ("**offline** (smoke mode, 3 chapters): 2 reproduced, 1 not reproduced, 2 not comparable, "
             "2 arithmetic checks.") in md
     assert ("**pretrained** (full mode, 1 chapter): 1 reproduced, 1 not reproduced, 0 not comparable, "
             "0 arithmetic checks.") in md
@@ -204,7 +204,7 @@ def test_page_states_the_rules_and_shows_both_tiers(results):
     assert len(cells) == 9 and all(len(c) == len(scorecard.COLUMNS) for c in cells)  # "|" in a note escaped
     quantity, tier, model, paper, here, verdict, chapter, texts = cells[0]
     assert (quantity, tier, model, paper, here, verdict) == \
-        ("outlier\\_pct", "mini", "mini\\_reg0", "2.37", "0", "**not comparable** (marked no)")
+        ("outlier\\_pct", "offline", "mini\\_reg0", "2.37", "0", "**not comparable** (marked no)")
     assert texts == "1"  # the note is written once, under the table
     assert ("\n1. *comparable:* no: a 1 M-parameter model, no outliers; "
             "*data / rule:* histogram gap rule \\| last block; 16 scenes, cost \\$0\n") in md
@@ -259,7 +259,7 @@ def test_the_summary_has_one_row_per_finding_with_each_tiers_verdict_first_on_th
     from vitreg_lib import paper
 
     md = scorecard.page(results, CHAPTERS)
-    assert md.startswith("## Summary\n\n| finding | mini (offline) | pretrained | chapter |\n")
+    assert md.startswith("## Summary\n\n| finding | offline | pretrained | chapter |\n")
     summary = table_rows(md, "| finding")
     scored = [f"F{i}" for i in range(1, 12)] + ["T1"]
     assert scorecard.summary_findings() == scored
@@ -269,7 +269,7 @@ def test_the_summary_has_one_row_per_finding_with_each_tiers_verdict_first_on_th
     assert by_finding["F4"][1:3] == ["**reproduced** (1 of 1)", "*chapter not run*"]
     assert by_finding["F5"][1] == "**not reproduced** (0 of 1)"
     assert by_finding["F8"][1] == "**arithmetic check** (1 of 2 agree)"  # never "reproduced"
-    assert by_finding["F2"][1] == "*chapter not run*"  # the mini build ran chapters 1, 4 and 5
+    assert by_finding["F2"][1] == "*chapter not run*"  # the offline build ran chapters 1, 4 and 5
     assert by_finding["F7"][1:] == ["*not compared*", "*not compared*", "planned"]
     assert by_finding["F10"][1] == "*not compared*"  # chapter 5 ran, with no number for it
     rows = scorecard.rows(results, list(CHAPTERS))

@@ -158,7 +158,7 @@ def test_pages_builds_mini_then_pretrained_publish_on_main_and_deploys_its_html(
     wf = load("pages.yml")
     assert set(triggers(wf)) == {"push"} and triggers(wf)["push"]["branches"] == ["main"]
     assert books(wf) == [MINI, PUBLISH], \
-        "the mini tier first, the pretrained publish tier last (its HTML is deployed)"
+        "the offline tier first, the pretrained publish tier last (its HTML is deployed)"
     deploys(wf)
     assert HTML == "_build/_build/html"
     _, build = job_using(wf, "actions/upload-pages-artifact")
@@ -170,7 +170,7 @@ def test_pages_runs_only_the_mini_build_offline():
     wf = load("pages.yml")
     _, build = job_using(wf, "actions/upload-pages-artifact")
     assert "HF_HUB_OFFLINE" not in wf.get("env", {}) and "HF_HUB_OFFLINE" not in build.get("env", {}), \
-        "the pretrained build needs the hub: HF_HUB_OFFLINE goes on the mini step alone"
+        "the pretrained build needs the hub: HF_HUB_OFFLINE goes on the offline step alone"
     mini = build["steps"][index(build, running(MINI))]
     publish = build["steps"][index(build, running(PUBLISH))]
     assert str(mini.get("env", {}).get("HF_HUB_OFFLINE")) == "1"
@@ -325,7 +325,7 @@ def test_actionlint_passes():
 
 
 @pytest.mark.parametrize("args, tier, profile", [
-    ([], "mini", "full"), (["TIER=pretrained"], "pretrained", "full"),
+    ([], "offline", "full"), (["TIER=pretrained"], "pretrained", "full"),
     (["TIER=pretrained", "PROFILE=publish"], "pretrained", "publish")])
 def test_make_book_passes_the_tier_and_profile_to_the_build(args, tier, profile, tmp_path):
     out = subprocess.run(["make", "-n", "book", f"VENV={tmp_path}/venv", *args], cwd=ROOT,

@@ -77,7 +77,7 @@ def plant_all(where: Path, smoke: bool) -> dict:
 
 
 def machine() -> str:
-    info = build_book.build_info("mini", "smoke", "full")  # the machine fields only
+    info = build_book.build_info("offline", "smoke", "full")  # the machine fields only
     ram = "?" if info["ram_gb"] is None else f"{info['ram_gb']} GB"
     return f"{info['cpu']}, {info['cores']} cores, {ram} RAM"
 

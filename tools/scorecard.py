@@ -48,8 +48,8 @@ from vitreg_lib.paper import (
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_PAGE = ROOT / "book" / "paper.md"  # the findings' headings and their "*Chapter:*" lines
 STATUS_FILE = "_status.json"
-TIER_ORDER = ("mini", "pretrained")  # other tiers follow, alphabetically; all of these are columns
-TIER_LABELS = {"mini": "mini (offline)"}  # a summary column's heading, where not the tier's name
+TIER_ORDER = ("offline", "pretrained")  # other tiers follow, alphabetically; all of these are columns
+TIER_LABELS: dict[str, str] = {}  # a summary column's heading, where not the tier's name
 #: a summary cell with no verdict: the tier was not built, its build did not finish, or
 #: it did not run the chapter(s) that record the finding's numbers (FINDING_OF)
 NOT_BUILT, UNFINISHED, NOT_RUN = "not built", "build unfinished", "chapter not run"

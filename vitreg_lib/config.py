@@ -1,8 +1,9 @@
 """Run settings for the notebooks: one function, so no cell branches on ``smoke``.
 
 ``settings(tier, smoke, device, dataset, profile)`` resolves ``tier="auto"`` to
-``"pretrained"`` inside Colab and ``"mini"`` elsewhere (the offline default of ``make book``
-and CI), and ``device="auto"`` to CUDA when present.
+``"pretrained"`` inside Colab and ``"offline"`` elsewhere (the default of ``make book`` and
+CI). ``"mini"``, the offline tier's first name (when it held the minis only), is still
+accepted as an alias of ``"offline"``, and ``device="auto"`` to CUDA when present.
 
 The pretrained tier has two **profiles** (``profile="auto"``: ``"full"`` on a GPU,
 ``"publish"`` on a CPU):
@@ -16,7 +17,7 @@ The pretrained tier has two **profiles** (``profile="auto"``: ``"full"`` on a GP
   show outliers in the paper, ~5x cheaper than L) join chapters 1 and 7.
   ``tools/bench.py --publish`` measures it.
 
-The offline (mini) tier has one size; ``profile`` is recorded as ``"full"`` there.
+The offline tier has one size; ``profile`` is recorded as ``"full"`` there.
 
 ``dataset="auto"`` keeps each tier's data: scenes offline; CIFAR-10 (probes) and VOC07
 (object discovery) in the pretrained tier, downloaded by torchvision. Otherwise it
@@ -37,7 +38,10 @@ import torch
 from .data import BOXED_DATASETS, BOXES_FILE, LABELLED_DATASETS
 from .models import REGISTRY
 
-TIERS = ("mini", "pretrained")
+TIERS = ("offline", "pretrained")
+#: old tier names still accepted: "mini" is what the offline tier was called while it held
+#: the course's mini ViTs only (it now holds a real DINOv2-S too)
+TIER_ALIASES = {"mini": "offline"}
 PROFILES = ("full", "publish")
 #: the mini models without registers, smallest first, that chapter 2 compares by size
 #: (the minis come in one size: chapter 2's size axis is the pretrained tier's)
@@ -106,7 +110,7 @@ class Settings(_Shown):
     device: str
     pairs: tuple[tuple[str, str], ...]  # (without registers, with registers)
     n_photos: int  # sample photos from skimage.data
-    n_scenes: int  # procedural scenes (mini tier: the training distribution)
+    n_scenes: int  # procedural scenes (offline tier: the minis' training distribution)
     batch_size: int
     hist_layers: int  # how many layers the histogram grid shows
     sizes: tuple[str, ...] = ()  # models without registers, smallest first (chapter 2)
@@ -161,7 +165,7 @@ class Settings(_Shown):
             names += [self.search.model, self.search.trained]
         if self.discovery is not None:
             names += [*self.discovery.models, self.discovery.test_time]
-        keep = ("pretrained", "mini", "offline") if self.tier == "mini" else ("pretrained",)
+        keep = ("pretrained", "mini", "offline") if self.tier == "offline" else ("pretrained",)
         return list(dict.fromkeys(n for n in names if REGISTRY[n].tier in keep))
 
 
@@ -173,14 +177,16 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto",
              dataset: str = "auto", profile: str = "auto") -> Settings:
     """The sizes and models of every chapter for one tier.
 
-    ``tier``: ``"mini"`` (offline), ``"pretrained"`` or ``"auto"`` (pretrained in Colab).
+    ``tier``: ``"offline"`` (no network: the minis and a real DINOv2-S; ``"mini"`` is its
+    old name, still accepted), ``"pretrained"`` or ``"auto"`` (pretrained in Colab).
     ``smoke``: a tiny run that only proves the code path (CI). ``device``: ``"cpu"``,
     ``"cuda"`` or ``"auto"``. ``dataset``: ``"auto"`` (the tier's data), a dataset name or
     a folder of the reader's images. ``profile`` (pretrained tier): ``"full"``,
     ``"publish"`` or ``"auto"`` (full on a GPU, publish on a CPU); see the module docstring.
     """
     if tier == "auto":
-        tier = "pretrained" if in_colab() else "mini"
+        tier = "pretrained" if in_colab() else "offline"
+    tier = canonical_tier(tier)
     if tier not in TIERS:
         raise ValueError(f"tier must be 'auto' or one of {TIERS}, got {tier!r}.")
     if device == "auto":
@@ -192,12 +198,17 @@ def settings(tier: str = "auto", smoke: bool = False, device: str = "auto",
         profile = "full" if device.startswith("cuda") else "publish"
     if profile not in PROFILES:
         raise ValueError(f"profile must be 'auto' or one of {PROFILES}, got {profile!r}.")
-    if tier == "mini":
-        return _with_dataset(_mini(smoke, device), dataset)
+    if tier == "offline":
+        return _with_dataset(_offline(smoke, device), dataset)
     return _with_dataset(_pretrained(smoke, device, profile), dataset)
 
 
-def _mini(smoke: bool, device: str) -> Settings:
+def canonical_tier(tier: str) -> str:
+    """``tier`` under its current name (``"mini"`` -> ``"offline"``); other names unchanged."""
+    return TIER_ALIASES.get(tier, tier)
+
+
+def _offline(smoke: bool, device: str) -> Settings:
     family = tuple(n for n in MINI_FAMILY if n in REGISTRY)
     search = TestTimeSearch("mini_reg0", "mini_reg4", max_layer=3, top_k=5,
                             n_images=32 if smoke else 256,
@@ -208,7 +219,7 @@ def _mini(smoke: bool, device: str) -> Settings:
                  "full-size VOC07 image at ViT-S/16 (about 700 patches)",
         models=family, pair=("mini_reg0", "mini_reg4"), test_time="mini_reg0")
     n_photos, n_scenes, batch = (2, 16, 16) if smoke else (4, 256, 64)
-    return Settings("mini", smoke, device, (("mini_reg0", "mini_reg4"),), n_photos, n_scenes, batch,
+    return Settings("offline", smoke, device, (("mini_reg0", "mini_reg4"),), n_photos, n_scenes, batch,
                     hist_layers=4 if smoke else 6, sizes=tuple(n for n in MINI_SIZES if n in REGISTRY),
                     retrain=device.startswith("cuda") and not smoke, probe_dataset="scenes",
                     n_probe=80 if smoke else 512, probe_models=("mini_reg0", "mini_reg4"), family=family,

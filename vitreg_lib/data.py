@@ -1,5 +1,5 @@
 """Images: sample photos shipped with installed packages, a user's own files, and the
-procedural *scenes* dataset the mini tier trains on. Knows no model.
+procedural *scenes* dataset the course's mini ViTs train on. Knows no model.
 
 * :func:`sample_images` — real photographs bundled with scikit-image (no download).
 * :func:`load_images` — image files or a folder; unreadable files raise

@@ -20,13 +20,12 @@ How the file arrives, and where things are kept
 Tier (a decision, written down here)
     The registry row ``dinov2_s_imgfocus`` has ``tier="offline"``: neither ``"pretrained"``
     (that tier means *the Hugging Face hub*: its rows are timm hub names, checked as such,
-    and load through the hub client) nor ``"mini"`` (that tier's rows are the small ViTs
+    and load through the hub client) nor ``"mini"`` (those rows are the small ViTs
     this project trains and bundles: every mini row has ``assets/mini/<name>/`` with a
-    training log, which tests and chapter 2 rely on). ``"offline"`` is the design's name
-    for the no-network tier that today's book switch still calls ``"mini"``;
-    :func:`vitreg_lib.models.model_names` lists it under ``"offline"``. A chapter that
-    wants the real ViT-S in the offline book names the row in ``config`` (and
-    ``Settings.all_models`` must then keep ``"offline"`` rows in the mini tier).
+    training log, which tests and chapter 2 rely on). The book's no-network tier is called
+    ``"offline"`` (``"mini"`` is its old name) and holds both kinds of rows:
+    :func:`vitreg_lib.models.model_names` lists this one under ``"offline"``, and a chapter
+    that wants the real ViT-S names the row in ``config`` (``config.REAL_OFFLINE``).
 
 Position embedding
     The checkpoint's grid is 37x37 (518 px). At the course's 224 px (a 16x16 grid) the

