@@ -84,7 +84,7 @@ def test_book_pages_show_figures_and_links(built):
     assert "Paper vs here" in ch1 and "google.colab" not in ch1  # setup cell hidden
     assert "html-manager" not in ch1  # no widget scripts from a CDN: the page works offline
     intro = (html / "book" / "intro.html").read_text()
-    assert "come from the <strong>offline</strong> tier" in intro  # the build says where its figures come from
+    assert "come from the <strong>offline</strong> tier" in intro  # where its figures come from
     assert build_book.colab_url("notebooks/01_high_norm_tokens.ipynb") in intro
     status = (html / "book" / "status.html").read_text()
     assert "01_high_norm_tokens" in status

@@ -75,8 +75,8 @@ def test_rows_are_the_numbers_with_a_paper_value_grouped_by_finding(results):
         ("F4", "position_top1_normal", "offline", "mini_reg0", REPRODUCED),
         ("F5", "global_accuracy_cls", "offline", "mini_reg0", NOT_REPRODUCED),
         ("F6", "outlier_pct", "offline", "mini_reg4", REPRODUCED),  # "≈ 0": at most 0.5 from zero
-        ("F8", "extra_flops_pct_vitl_4", "offline", "ViT-L/14 (FLOPs counted)", ARITHMETIC),  # "< 2": agrees
-        ("F8", "extra_flops_pct_vitl_16", "offline", "ViT-L/14 (FLOPs counted)", ARITHMETIC),  # "~ 6": differs
+        ("F8", "extra_flops_pct_vitl_4", "offline", "ViT-L/14 (FLOPs counted)", ARITHMETIC),  # "< 2"
+        ("F8", "extra_flops_pct_vitl_16", "offline", "ViT-L/14 (FLOPs counted)", ARITHMETIC),  # "~ 6"
     ]
     assert [r.criterion for r in rows if r.finding == "F8"] == ["agrees, < 2", "differs, within 20 % of 6"]
     assert all(r.tier != "gpu_run" for r in rows)  # no _status.json: that build did not finish
