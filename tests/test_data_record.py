@@ -171,6 +171,8 @@ def test_a_notebook_shows_its_settings_within_the_column():
     the 88 characters the book's column holds, every field there."""
     import dataclasses
 
+    from IPython.lib.pretty import pretty
+
     from vitreg_lib.config import settings, shown
 
     for s in (settings("pretrained", smoke=False, device="cpu", profile="publish"),
@@ -180,6 +182,7 @@ def test_a_notebook_shows_its_settings_within_the_column():
         assert text.startswith("Settings(\n    tier=") and text.endswith("\n)")
         assert all(f"\n    {f.name}=" in text for f in dataclasses.fields(s))
         assert shown(s.search).startswith("TestTimeSearch(\n    model=")
+        assert pretty(s) == text and pretty(s.search) == shown(s.search)  # what a notebook displays
 
 
 def test_the_offline_tier_keeps_its_old_name_as_an_alias():

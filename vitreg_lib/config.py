@@ -54,11 +54,12 @@ REAL_OFFLINE = ("dinov2_s_imgfocus",)
 FLOPS_ARCH = "vit_large_patch14_reg4_dinov2.lvd142m"
 
 
-class _Shown:
-    """A notebook shows these settings one field per line, wrapped to the book's column."""
-
-    def _repr_pretty_(self, p, cycle) -> None:  # IPython's display hook
-        p.text(shown(self))
+def _shown_in_notebooks(cls):
+    """Class decorator: a notebook shows these settings one field per line, wrapped to the
+    book's column. IPython's printer takes ``_repr_pretty_`` only from the class's own
+    ``__dict__`` before the dataclass's ``__repr__``, so it goes on each class itself."""
+    cls._repr_pretty_ = lambda self, p, cycle: p.text(shown(self))
+    return cls
 
 
 def shown(settings, width: int = 88) -> str:
@@ -74,8 +75,9 @@ def shown(settings, width: int = 88) -> str:
     return "\n".join(lines + [")"])
 
 
+@_shown_in_notebooks
 @dataclass(frozen=True)
-class TestTimeSearch(_Shown):
+class TestTimeSearch:
     """Chapter 6: where to look for register neurons, and what to compare with."""
 
     __test__ = False  # not a pytest test class
@@ -88,8 +90,9 @@ class TestTimeSearch(_Shown):
     source: str  # where the layer limit and k come from
 
 
+@_shown_in_notebooks
 @dataclass(frozen=True)
-class DiscoverySettings(_Shown):
+class DiscoverySettings:
     """Chapter 7: LOST object discovery."""
 
     dataset: str  # "scenes" (offline, with boxes) or "VOC07"
@@ -101,8 +104,9 @@ class DiscoverySettings(_Shown):
     test_time: str  # the model that also runs with test-time registers (chapter 6's search)
 
 
+@_shown_in_notebooks
 @dataclass(frozen=True)
-class Settings(_Shown):
+class Settings:
     """Everything a chapter sizes itself by (see :func:`settings`)."""
 
     tier: str
