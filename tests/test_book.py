@@ -117,7 +117,7 @@ def test_scorecard_page_shows_both_tiers_with_verdicts(built, request):
     table = html[html.index("<h2>Summary"):].split("</table>")[0]
     text = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
             for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)]
-    assert text[0] == ["finding", "mini (offline)", "pretrained", "chapter"]
+    assert text[0] == ["finding", "offline", "pretrained", "chapter"]
     scored = [f"F{i}" for i in range(1, 12)] + ["T1"]
     assert [row[0].split()[0] for row in text[1:]] == scored
     results = built / "results"
@@ -134,13 +134,13 @@ def test_scorecard_page_shows_both_tiers_with_verdicts(built, request):
     rows = scorecard.rows(results)
     flops = [r for r in rows if r.name.startswith("extra_flops_pct")]
     assert flops and all(r.verdict == ARITHMETIC for r in flops)
-    mini = sum(r.verdict == REPRODUCED for r in rows if r.tier == "offline")  # the FLOPs not among them
-    assert f"<strong>mini</strong> (smoke mode, 7 chapters): {mini} reproduced" in html
+    offline = sum(r.verdict == REPRODUCED for r in rows if r.tier == "offline")  # the FLOPs not among them
+    assert f"<strong>offline</strong> (smoke mode, 7 chapters): {offline} reproduced" in html
     assert "<strong>pretrained</strong> (full mode, 1 chapter): 1 reproduced" in html
     assert "within 10 % (relative)" in html  # the rules are on the page
     assert re.search(r"<td><p>pretrained</p></td>\n<td><p>dinov2_g</p></td>\n<td><p>2.37</p></td>\n"
                      r"<td><p>2.5</p></td>\n<td><p><strong>reproduced</strong>", html)
-    assert re.search(r"<td><p>mini</p></td>\n<td><p>mini_reg0</p></td>\n<td><p>2.37</p></td>\n"
+    assert re.search(r"<td><p>offline</p></td>\n<td><p>mini_reg0</p></td>\n<td><p>2.37</p></td>\n"
                      r"<td><p>[^<]*</p></td>\n<td><p><strong>not comparable</strong>", html)  # "no: ..."
     assert html.count('href="../notebooks/01_high_norm_tokens.html"><span class="doc">chapter 1') >= 3
     for finding in ("F1", "F4", "F5", "F8"):
@@ -214,7 +214,7 @@ def test_a_build_keeps_its_results_in_its_tier_folder(tmp_path, monkeypatch):
     assert "| 01_high_norm_tokens | ok | " in status and "| m1, m2 |" in status
     card = (stage / "book" / "scorecard.md").read_text()
     assert "<!-- scorecard -->" not in card and "**pretrained** (full mode, 1 chapter)" in card
-    assert card.count("| mini | m1 | 1.05 | 1 | **reproduced** (within 10 % of 1.05) |") == len(runs)
+    assert card.count("| offline | m1 | 1.05 | 1 | **reproduced** (within 10 % of 1.05) |") == len(runs)
     config = yaml.safe_load((stage / "_config.yml").read_text())
     assert config["html"]["baseurl"] == build_book.book_url()
     assert config["repository"] == build_book.repo_settings()  # the rest of the config is kept
