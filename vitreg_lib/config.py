@@ -62,7 +62,7 @@ def _shown_in_notebooks(cls):
     return cls
 
 
-def shown(settings, width: int = 88) -> str:
+def shown(settings, width: int = 78) -> str:
     """``settings`` (a dataclass) as ``Name(`` + one ``field=value,`` per line + ``)``, each
     line at most ``width`` characters (a long value continues on indented lines)."""
     import dataclasses
