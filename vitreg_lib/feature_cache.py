@@ -28,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -99,3 +101,28 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
     with safe_open(str(path), framework="pt") as f:
         header = json.loads(f.metadata()["header"])
         return {k: f.get_tensor(k) for k in f.keys()}, header
+
+
+def through(lm: Any, images: torch.Tensor, options: dict, compute: Callable[[], Any],
+            encode: Callable[[Any], tuple[dict[str, torch.Tensor], dict]],
+            decode: Callable[[dict[str, torch.Tensor], dict], Any], tag: str = "") -> Any:
+    """``compute()`` for the loaded model ``lm`` on ``images`` with ``options``, through the
+    cache when it is on and ``lm`` is cacheable: a hit is ``decode(tensors, header)``; a miss
+    is computed, stored as ``encode(value)`` with the seconds it took (for the build's
+    report), and returned. ``tag`` names the kind of entry in its file name."""
+    where = folder()
+    if where is None or lm.extra_tokens or not cacheable(lm.model):
+        return compute()
+    digest = key(lm.name, lm.info.get("revision"), lm.model, images, options)
+    path = where / f"{lm.name}{tag}-{digest}.safetensors"
+    hit = load(path)
+    if hit is not None:
+        tensors, header = hit
+        note_hit(path, header.pop("seconds"))
+        return decode(tensors, header)
+    t0 = time.perf_counter()
+    value = compute()
+    STATS["misses"] += 1
+    tensors, header = encode(value)
+    save(path, tensors, dict(header, seconds=round(time.perf_counter() - t0, 2)))
+    return value

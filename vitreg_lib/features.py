@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -221,8 +220,7 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     """
     options = dict(final=final, attention=attention, mlp=mlp, embeddings=embeddings, mid=mid,
                    received=received, keys=keys)
-    where = feature_cache.folder()
-    if where is None or lm.extra_tokens or not feature_cache.cacheable(lm.model) or mlp:
+    if feature_cache.folder() is None or lm.extra_tokens or not feature_cache.cacheable(lm.model) or mlp:
         # MLP activations are never cached: 4x the width of the tokens, at many layers
         # (a register-neuron search of ViT-L would write ~600 MB per batch of 8 images)
         return _extract(lm, images, layers, batch_size=batch_size, progress=progress, **options)
@@ -231,18 +229,9 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     depth = len(lm.model.blocks)
     described = dict(options, layers=_normalise_layers(layers, depth),
                      mlp=mlp if isinstance(mlp, bool) else _normalise_layers(mlp, depth))
-    digest = feature_cache.key(lm.name, lm.info.get("revision"), lm.model, images, described)
-    path = where / f"{lm.name}-{digest}.safetensors"
-    hit = feature_cache.load(path)
-    if hit is not None:
-        feature_cache.note_hit(path, hit[1]["seconds"])
-        return _from_tensors(*hit)
-    t0 = time.perf_counter()
-    f = _extract(lm, images, layers, batch_size=batch_size, progress=progress, **options)
-    feature_cache.STATS["misses"] += 1
-    tensors, header = _to_tensors(f)
-    feature_cache.save(path, tensors, dict(header, seconds=round(time.perf_counter() - t0, 2)))
-    return f
+    return feature_cache.through(
+        lm, images, described, lambda: _extract(lm, images, layers, batch_size=batch_size, progress=progress,
+                                                **options), _to_tensors, _from_tensors)
 
 
 _STORES = ("tokens", "attention", "mlp", "mid", "keys", "received")

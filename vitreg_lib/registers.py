@@ -427,29 +427,19 @@ def _cached_search(lm: LoadedModel, x: torch.Tensor, search: _Search, batch_size
     on: a later chapter searching the same model, images and settings reads the result (the
     scores and the header, a few hundred kB) instead of passing the images again. The MLP
     activations the search reads are never cached (hundreds of MB per batch of ViT-L)."""
-    import time
-
     from . import feature_cache
 
-    where = feature_cache.folder()
-    if where is None or lm.extra_tokens or not feature_cache.cacheable(lm.model):
-        return _search(lm, x, search, batch_size, progress)
-    digest = feature_cache.key(lm.name, lm.info.get("revision"), lm.model, x,
-                               dict(kind="register_neurons", search=repr(search), batch_size=batch_size))
-    path = where / f"{lm.name}-neurons-{digest}.safetensors"
-    hit = feature_cache.load(path)
-    if hit is not None:
-        tensors, header = hit
-        feature_cache.note_hit(path, header.pop("seconds"))
-        header["neurons"] = [tuple(n) for n in header["neurons"]]
-        return RegisterNeurons(scores=tensors["scores"].numpy(), **header)
-    t0 = time.perf_counter()
-    found = _search(lm, x, search, batch_size, progress)
-    feature_cache.STATS["misses"] += 1
-    header = {k: v for k, v in dataclasses.asdict(found).items() if k != "scores"}
-    feature_cache.save(path, {"scores": torch.from_numpy(np.ascontiguousarray(found.scores))},
-                       dict(header, seconds=round(time.perf_counter() - t0, 2)))
-    return found
+    def encode(found: RegisterNeurons):
+        header = {k: v for k, v in dataclasses.asdict(found).items() if k != "scores"}
+        return {"scores": torch.from_numpy(np.ascontiguousarray(found.scores))}, header
+
+    def decode(tensors, header) -> RegisterNeurons:
+        return RegisterNeurons(scores=tensors["scores"].numpy(),
+                               **dict(header, neurons=[tuple(n) for n in header["neurons"]]))
+
+    options = dict(kind="register_neurons", search=repr(search), batch_size=batch_size)
+    return feature_cache.through(lm, x, options, lambda: _search(lm, x, search, batch_size, progress),
+                                 encode, decode, tag="-neurons")
 
 
 def _search(lm: LoadedModel, x: torch.Tensor, search: _Search, batch_size: int,
