@@ -5,6 +5,9 @@
     python tools/bench_publish.py --chapters 05_registers,06_test_time_registers --work DIR
         # only these chapters, each alone with a cold feature cache (no HTML): an upper
         # bound of what each costs inside a build, to remeasure a chapter after a change
+    python tools/bench_publish.py --profile full --chapters 03_redundant_patches --work DIR
+        # a chapter of the full profile (the GPU readers' sizes) on this CPU: its peak RAM
+        # (the 8-GB budget holds in every profile); its minutes say nothing of a GPU
 
 The hub and the dataset hosts are out of reach here, so the benchmark plants what a runner
 would download (``tools/plant.py``): random weights of every model of the profile saved
@@ -53,13 +56,13 @@ _cifar.check_integrity = lambda *args, **kwargs: True  # the batches' and the me
 '''
 
 
-def plant_all(where: Path, smoke: bool) -> dict:
-    """Plant the profile's weights and datasets under ``where``; returns the environment
+def plant_all(where: Path, smoke: bool, profile: str = "publish") -> dict:
+    """Plant ``profile``'s weights and datasets under ``where``; returns the environment
     a build needs to use them."""
     from vitreg_lib.config import settings
     from vitreg_lib.models import get_spec
 
-    s = settings("pretrained", smoke=smoke, device="cpu", profile="publish")
+    s = settings("pretrained", smoke=smoke, device="cpu", profile=profile)
     for name in s.all_models():
         if plant.hub_file(where / "hub", get_spec(name).source).is_file():
             continue  # planted by an earlier run into the same --work folder
@@ -105,7 +108,8 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def chapters_alone(names: list[str], work: Path, env: dict, smoke: bool, plant_min: float) -> int:
+def chapters_alone(names: list[str], work: Path, env: dict, smoke: bool, plant_min: float,
+                   profile: str = "publish") -> int:
     """Run each named chapter alone, with no feature cache (so: at most its cost in a
     build, where earlier chapters may have filled the cache), and report as :func:`main`."""
     wanted = {Path(nb).stem: nb for nb in build_book.notebooks()}
@@ -123,13 +127,16 @@ def chapters_alone(names: list[str], work: Path, env: dict, smoke: bool, plant_m
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         os.environ["VITREG_STATIC_BOOK"] = "1"  # as in a build
         mode, t0 = "smoke" if smoke else "full", time.time()
-        runs = [build_book.execute(wanted[n], out, mode, "pretrained", "vitreg", "publish") for n in names]
+        runs = []
+        for n in names:  # each chapter's line is written as it ends: a long run killed midway keeps them
+            runs.append(build_book.execute(wanted[n], out, mode, "pretrained", "vitreg", profile))
+            (work / f"bench_{profile}_alone.json").write_text(json.dumps(dict(runs=runs, machine=machine()),
+                                                                      indent=1))
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    print(f"\npublish profile, chapters alone with a cold cache ({mode} size), planted weights and data "
+    print(f"\n{profile} profile, chapters alone with a cold cache ({mode} size), planted weights and data "
           f"under {work}:\n{report(runs, (time.time() - t0) / 60, plant_min)}")
-    (work / "bench_publish_alone.json").write_text(json.dumps(dict(runs=runs, machine=machine()), indent=1))
     return 0 if all(r["status"] == "ok" for r in runs) else 1
 
 
@@ -138,14 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="smoke size: the code path only")
     p.add_argument("--work", help="folder for the planted files and the build (default: a temporary one)")
     p.add_argument("--chapters", help="comma-separated notebook names: run only these, each alone and cold")
+    p.add_argument("--profile", default="publish", choices=("publish", "full"),
+                   help="the pretrained profile (full: only with --chapters, for its memory)")
     args = p.parse_args(argv)
+    if args.profile != "publish" and not args.chapters:
+        p.error("--profile full measures chapters one by one: give --chapters too")
     work = Path(args.work or tempfile.mkdtemp(prefix="vitreg-bench-publish-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    env = plant_all(work, args.smoke)
+    env = plant_all(work, args.smoke, args.profile)
     plant_min = (time.time() - t0) / 60
     if args.chapters:
-        return chapters_alone(args.chapters.split(","), work, env, args.smoke, plant_min)
+        return chapters_alone(args.chapters.split(","), work, env, args.smoke, plant_min, args.profile)
     out = work / "build"
     if out.exists():  # a benchmark starts cold: no feature cache or results from an earlier build
         shutil.rmtree(out)
