@@ -344,3 +344,41 @@ def test_discover_models_gives_each_model_its_own_run():
     assert list(many) == ["mini_reg0", "mini_reg4"] and many["mini_reg4"].model_name == "mini_reg4"
     assert np.array_equal(many["mini_reg4"].boxes, one.boxes)
     assert np.array_equal(many["mini_reg4"].norm_maps, one.norm_maps)
+
+
+def test_voc07_reads_its_images_when_used_and_they_are_torchvision_s(tmp_path):
+    """VOC07's 5,011 images decoded take ~4.4 GB: the boxed set holds their paths and
+    reads an image when it is used; what it reads is what torchvision's VOCDetection
+    returns, boxes included, and LOST on it equals LOST on the decoded list."""
+    import sys
+    import warnings
+    from pathlib import Path
+
+    import torchvision
+
+    from vitreg_lib.data import ImageFiles
+    from vitreg_lib.discovery import discover
+    from vitreg_lib.models import load_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import plant
+
+    plant.plant_voc07(tmp_path, n=6)
+    ds = boxed_images("VOC07", 4, seed=3, root=tmp_path)
+    assert isinstance(ds.images, ImageFiles) and len(ds.images) == 4
+    assert "4 random (seed 3) of 6" in ds.description
+    tv = torchvision.datasets.VOCDetection(str(tmp_path), year="2007", image_set="trainval")
+    picked = [int(Path(p).stem) - 1 for p in ds.images.paths]
+    for i, j in enumerate(picked):
+        image, target = tv[j]
+        assert np.array_equal(np.asarray(ds.images[i]), np.asarray(image.convert("RGB")))
+        objects = target["annotation"]["object"]
+        first = objects[0]["bndbox"] if isinstance(objects, list) else objects["bndbox"]
+        assert tuple(ds.boxes[i][0]) == voc_box(*(first[c] for c in ("xmin", "ymin", "xmax", "ymax")))
+    assert [im.size for im in ds.images[1:3]] == [ds.images[1].size, ds.images[2].size]  # slices read too
+    lm = load_model("mini_reg4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lazy = discover(lm, ds.images, k=9, chunk=3)
+        held = discover(lm, list(ds.images), k=9)
+    assert np.array_equal(lazy.boxes, held.boxes) and lazy.seeds == held.seeds

@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -633,14 +633,44 @@ def labelled_images(dataset: str, n: int, seed: int = 0,
     return LabelledImages(images, labels, f"{len(idx)} {dataset} test images (seed {seed}), label: class")
 
 
+class ImageFiles(Sequence):
+    """Image files read when they are used, not before: ``files[i]`` (or a slice) reads and
+    returns the image(s), holding nothing afterwards. For datasets too large to hold
+    decoded: VOC07's 5,011 trainval images take ~4.4 GB as PIL images, more than half of
+    the 8-GB budget of a chapter, and LOST needs only 128 of them at a time. ``read``:
+    path -> PIL image."""
+
+    def __init__(self, paths: Sequence[str | Path], read: Callable[[Path], Image.Image]):
+        self.paths = [Path(p) for p in paths]
+        self.read = read
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.read(p) for p in self.paths[i]]
+        return self.read(self.paths[i])
+
+    def __repr__(self) -> str:
+        return f"ImageFiles({len(self)} files, read when used)"
+
+
+def _rgb_file(path: Path) -> Image.Image:
+    """An image file in RGB, as torchvision's ``VOCDetection`` returns it."""
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 @dataclass
 class BoxedImages:
     """Images with their ground-truth object boxes (for object discovery).
 
     ``boxes[i]``: ``[k, 4]`` float, ``x0, y0, x1, y1`` in continuous pixel coordinates of
-    image ``i`` (a box ``0, 0, W, H`` covers the whole image)."""
+    image ``i`` (a box ``0, 0, W, H`` covers the whole image). ``images``: a list, or for
+    VOC07 an :class:`ImageFiles` that reads each image when it is used."""
 
-    images: list[Image.Image]
+    images: Sequence[Image.Image]
     boxes: list[np.ndarray]
     description: str
     scenes: Scenes | None = None
@@ -681,16 +711,17 @@ def boxed_images(dataset: str, n: int, seed: int = 0, root: str | Path | None = 
     ds = make(False) if (folder / "VOCdevkit" / "VOC2007").is_dir() else download("VOC07", make)
     total = len(ds)
     idx = _pick(total, n, seed)
-    images, boxes = [], []
-    for i in idx:
-        image, target = ds[int(i)]
-        objects = target["annotation"]["object"]
+    from xml.etree.ElementTree import parse
+
+    boxes = []
+    for i in idx:  # the annotations now (small); the images when they are used (ImageFiles)
+        objects = ds.parse_voc_xml(parse(ds.annotations[int(i)]).getroot())["annotation"]["object"]
         objects = objects if isinstance(objects, list) else [objects]
         boxes.append(np.array([voc_box(*(o["bndbox"][c] for c in ("xmin", "ymin", "xmax", "ymax")))
                                for o in objects], dtype=np.float64).reshape(-1, 4))
-        images.append(image.convert("RGB"))
     what = "all" if len(idx) == total else f"{len(idx)} random (seed {seed})"
-    return BoxedImages(images, boxes, f"VOC07 trainval, {what} of {total} images")
+    return BoxedImages(ImageFiles([ds.images[int(i)] for i in idx], _rgb_file), boxes,
+                       f"VOC07 trainval, {what} of {total} images")
 
 
 def boxed_folder(folder: str | Path, n: int | None, seed: int = 0) -> BoxedImages:

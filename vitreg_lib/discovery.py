@@ -184,31 +184,35 @@ def discover(lm: LoadedModel, images: Sequence[Image.Image], k: int = DEFAULT_K,
     warning. ``norms``: also keep each image's patch-token norms at ``layer`` (from the
     same forward pass). Images go through the model ``chunk`` at a time and only boxes,
     seeds and norm maps are kept, so memory does not grow with the number of images
-    (VOC07's 5,011 images' last-block keys of ViT-L would be 5 GB). Measured with VOC07's
-    5,011 images held and DINOv2-L: 256-image chunks, with the previous chunk still alive
-    while the next was extracted, peaked at 7.59 GB after one chunk and 8.23 GB after two;
-    with 128-image chunks, each freed before the next: 6.72 GB after one, 6.87 after three."""
-    images = list(images)
-    if not images:
+    (VOC07's 5,011 images' last-block keys of ViT-L would be 5 GB); ``images`` may be a
+    sequence that reads its files when indexed (:class:`vitreg_lib.data.ImageFiles`, what
+    :func:`vitreg_lib.data.boxed_images` gives for VOC07), and then only a chunk of images
+    is decoded at a time too. Measured with VOC07's 5,011 images held decoded (4.45 GB) and
+    DINOv2-L: 256-image chunks, with the previous chunk still alive while the next was
+    extracted, peaked at 7.59 GB after one chunk and 8.23 GB after two; with 128-image
+    chunks, each freed before the next: 6.72 GB after one, 6.87 after three."""
+    if not isinstance(images, Sequence):
+        images = list(images)
+    if not len(images):
         raise ValueError("No images to run LOST on.")
     n_patches = lm.layout().num_patches
     if not 1 <= k <= n_patches:
         raise ValueError(f"k={k} is outside 1..{n_patches}: {lm.name} sees {n_patches} patches at "
                          f"{lm.img_size} px. Use k <= {n_patches} (LOST's default 100 assumes "
                          "full-size images).")
-    results, maps = [], []
+    results, maps, geometries = [], [], []
     for start in range(0, len(images), chunk):
-        f = extract(lm, images[start:start + chunk], layers=[layer], keys=True, batch_size=batch_size,
-                    progress=progress)
+        some = list(images[start:start + chunk])  # read here if ``images`` reads files when used
+        geometries += [crop_geometry(*im.size, lm.img_size) for im in some]
+        f = extract(lm, some, layers=[layer], keys=True, batch_size=batch_size, progress=progress)
         keys = f.layout.split(f.attention_keys(layer))["patches"]
         if centre_keys:
             keys = keys - keys.mean(dim=1, keepdim=True)
         results += [lost(keys[i], f.layout.grid, k) for i in range(len(keys))]
         if norms:
             maps.append(patch_norm_maps(f, layer))
-        del f, keys  # freed before the next chunk is extracted, not after: one chunk in memory
+        del f, keys, some  # freed before the next chunk is extracted, not after: one chunk in memory
     p = lm.patch_size
-    geometries = [crop_geometry(*im.size, lm.img_size) for im in images]
     boxes = np.stack([g.to_original(np.array(r.box_patches) * p) for g, r in zip(geometries, results)])
     found = Discovery(lm.name, results, boxes, k, p, geometries, features_name(layer, centre_keys),
                       np.concatenate(maps) if norms else None)
