@@ -159,6 +159,20 @@ class Settings:
         """Chapter 1's models: ``outlier_models``, or every model of ``pairs``."""
         return list(self.outlier_models) or [m for pair in self.pairs for m in pair]
 
+    @property
+    def outlier_pairs(self) -> list[tuple[str, str]]:
+        """The ``pairs`` whose two models chapter 1 runs (the full profile's pairs start with
+        DINOv2-S and -B, which chapter 1 leaves out)."""
+        return [pair for pair in self.pairs if set(pair) <= set(self.models)]
+
+    @property
+    def headline_pair(self) -> tuple[str, str]:
+        """Chapter 1's headline figure: the first of :attr:`outlier_pairs`."""
+        if not self.outlier_pairs:
+            raise ValueError(f"None of the pairs {self.pairs} has both its models among chapter 1's "
+                             f"({', '.join(self.models)}): add one pair's models to outlier_models.")
+        return self.outlier_pairs[0]
+
     def all_models(self) -> list[str]:
         """Every registry model some chapter loads with these settings (weights to fetch)."""
         names = [*self.models, *self.sizes, *self.probe_models, *self.family, *self.real,
