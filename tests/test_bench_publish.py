@@ -71,3 +71,20 @@ def test_chapters_alone_remeasure_one_chapter_cold(bench):
     assert runs[0]["status"] == "ok" and runs[0]["cache_saved_s"] == 0 and runs[0]["peak_gb"] > 0
     with pytest.raises(SystemExit, match="the book's are"):
         bench_publish.main(["--smoke", "--work", str(work), "--chapters", "99_nope"])
+    with pytest.raises(SystemExit):  # the full profile is measured chapter by chapter only
+        bench_publish.main(["--smoke", "--work", str(work), "--profile", "full"])
+
+
+def test_chapter_7s_memory_is_read_after_every_step(bench):
+    """tools/bench_lost_memory.py (chapter 7's steps, each LOST pass stopped after a few
+    chunks) prints the resident memory and its high-water mark after each model's pass."""
+    import subprocess
+
+    work, _ = bench
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_lost_memory.py"), "--smoke", "--work",
+                          str(work), "--chunks", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {line[:58].strip(): line[58:].split() for line in out.stdout.splitlines() if "LOST on" in line}
+    names = ("dinov2_s", "dinov2_s_reg", "dinov2_s+ttr")
+    assert list(rows) == [f"{m}: LOST on 8 images (1 chunks)" for m in names]
+    assert all(0 < float(rss) <= float(peak) < bench_publish.BUDGET_GB for rss, peak in rows.values())

@@ -432,3 +432,30 @@ def test_the_raw_table_stays_a_dataframe(tmp_path):
     assert list(table.columns) == list(raw.columns)
     assert list(rec.frame(names=["c"])["here"]) == [3]
     assert rec.table(names=[])._repr_html_() == "<p><em>No recorded number has a paper value.</em></p>"
+
+
+def test_the_offline_chapters_draw_the_scenes_the_minis_were_trained_on():
+    """Settings.scene is the minis' training data (their bundled configs: up to 4 separated
+    objects, not make_scenes' default 3 that may touch), the same for every mini, and the
+    chapters' image helpers draw with it; sizes given twice or unknown options are errors."""
+    from vitreg_lib.config import MINI_FAMILY, settings
+    from vitreg_lib.data import analysis_images, labelled_images, make_scenes
+    from vitreg_lib.models import training_scenes
+
+    s = settings("offline", smoke=True, device="cpu")
+    assert s.scene["max_objects"] == 4 and s.scene["separate"] is True
+    assert all(training_scenes(m) == s.scene for m in MINI_FAMILY)
+    assert settings("pretrained", smoke=True, device="cpu").scene == {}
+    with pytest.raises(ValueError, match="not trained on the course's scenes"):
+        training_scenes("dinov2_s")
+    drawn = labelled_images("scenes", 64, seed=3, scene=s.scene)
+    assert drawn.labels.max() == 3 and drawn.scenes.size == 32  # 4 objects: label = count - 1
+    again = make_scenes(64, seed=3, **s.scene)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(drawn.images, again.pil()))
+    assert labelled_images("scenes", 64, seed=3).labels.max() == 2  # the defaults: up to 3 objects
+    imgs = analysis_images(0, 5, seed=3, scene=s.scene)
+    assert np.array_equal(np.asarray(imgs.images["scene_0"]), np.asarray(again.pil()[0]))
+    with pytest.raises(ValueError, match="Two sizes for the scenes"):
+        labelled_images("scenes", 4, scene_size=224, scene=s.scene)
+    with pytest.raises(ValueError, match="Unknown scene options"):
+        analysis_images(0, 2, scene={"objects": 9})

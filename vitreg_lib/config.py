@@ -31,12 +31,12 @@ chapters that show photos.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .data import BOXED_DATASETS, BOXES_FILE, LABELLED_DATASETS
-from .models import REGISTRY
+from .models import REGISTRY, training_scenes
 
 TIERS = ("offline", "pretrained")
 #: old tier names still accepted: "mini" is what the offline tier was called while it held
@@ -145,6 +145,9 @@ class Settings:
     #: chapter 5: the same controls on a test-time register (chapter 6's fix) of this model
     controls_ttr: TestTimeSearch | None = None
     outlier_models: tuple[str, ...] = ()  # chapter 1's models; empty: the pairs'
+    #: how the chapters draw their procedural scenes (``make_scenes`` options): offline, the
+    #: scenes the minis were trained on, read from their bundled config; empty: the defaults
+    scene: dict = field(default_factory=dict)
 
     def control_targets(self, name: str) -> tuple[str, ...]:
         """Chapter 5: which tokens of ``name`` the content controls replace."""
@@ -244,7 +247,7 @@ def _offline(smoke: bool, device: str) -> Settings:
                     search=search, discovery=discovery, probe_tokens=1000 if smoke else 8000,
                     real=REAL_OFFLINE, n_real=16 if smoke else 128, controls_models=("mini_reg4",),
                     n_controls=80 if smoke else 512, controls_ttr=search,
-                    real_search=_real_search(16 if smoke else 128))
+                    real_search=_real_search(16 if smoke else 128), scene=training_scenes("mini_reg0"))
 
 
 def _real_search(n_images: int) -> TestTimeSearch:

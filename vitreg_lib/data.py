@@ -488,12 +488,27 @@ class ImageSet:
         return objects, known
 
 
+def _scene_options(scene: dict | None, scene_size: int) -> dict:
+    """:func:`make_scenes` options from ``scene`` (e.g. a mini's training data) and a size."""
+    options = dict(scene or {})
+    if "size" in options and scene_size != 32 and options["size"] != scene_size:
+        raise ValueError(f"Two sizes for the scenes: scene_size={scene_size} and scene['size']="
+                         f"{options['size']}. Give one of them.")
+    options.setdefault("size", scene_size)
+    unknown = sorted(set(options) - set(SCENE_OPTIONS))
+    if unknown:
+        raise ValueError(f"Unknown scene options {unknown}; make_scenes takes {', '.join(SCENE_OPTIONS)}.")
+    return options
+
+
 def analysis_images(n_photos: int, n_scenes: int, seed: int = 0, scene_size: int = 32,
-                    photos: str | Path | None = None) -> ImageSet:
+                    photos: str | Path | None = None, scene: dict | None = None) -> ImageSet:
     """``n_photos`` photos, then ``n_scenes`` procedural scenes (seed ``seed``).
 
     The photos are scikit-image's sample photos, or with ``photos`` (a folder) the first
-    ``n_photos`` image files found in it and its sub-folders, in name order."""
+    ``n_photos`` image files found in it and its sub-folders, in name order. ``scene``:
+    :func:`make_scenes` options, e.g. ``Settings.scene``, the scenes the course's minis
+    were trained on (default: :func:`make_scenes`'s own)."""
     if photos is not None and n_photos:
         paths = image_files(photos)[:n_photos]
         images = {str(p.relative_to(Path(photos))): load_image(p) for p in paths}
@@ -501,7 +516,7 @@ def analysis_images(n_photos: int, n_scenes: int, seed: int = 0, scene_size: int
     else:
         images = sample_images(SAMPLE_PHOTOS[:n_photos]) if n_photos else {}
         source = f"{n_photos} skimage photos"
-    scenes = make_scenes(n_scenes, seed=seed, size=scene_size) if n_scenes else None
+    scenes = make_scenes(n_scenes, seed=seed, **_scene_options(scene, scene_size)) if n_scenes else None
     if scenes is not None:
         images.update({f"scene_{i}": im for i, im in enumerate(scenes.pil())})
     parts = ([source] if n_photos else []) + ([f"{n_scenes} scenes (seed {seed})"] if n_scenes else [])
@@ -605,16 +620,20 @@ def download(dataset: str, make, tries: int = 4, wait: float = 2.0):
 
 
 def labelled_images(dataset: str, n: int, seed: int = 0,
-                    root: str | Path | None = None, scene_size: int = 32) -> LabelledImages:
+                    root: str | Path | None = None, scene_size: int = 32,
+                    scene: dict | None = None) -> LabelledImages:
     """``n`` labelled images: ``"scenes"`` (label: number of objects minus one; offline;
     drawn at ``scene_size`` px, the minis' 32 by default: objects are sized as fractions
-    of the image, so a larger size draws the same kind of scene for a larger model),
+    of the image, so a larger size draws the same kind of scene for a larger model; with
+    ``scene``'s :func:`make_scenes` options, e.g. ``Settings.scene``, the minis' training
+    scenes; other datasets draw no scenes and leave ``scene`` unused),
     a torchvision dataset, ``"CIFAR10"`` / ``"CIFAR100"`` (test split, downloaded to
     ``root`` the first time: needs the network), or the path of a folder with one
     sub-folder per class (:func:`labelled_folder`)."""
     if dataset == "scenes":
-        s = make_scenes(n, seed=seed, size=scene_size)
-        px = "" if scene_size == 32 else f", {scene_size} px"
+        options = _scene_options(scene, scene_size)
+        s = make_scenes(n, seed=seed, **options)
+        px = "" if options["size"] == 32 else f", {options['size']} px"
         return LabelledImages(s.pil(), s.label("count"), f"{n} scenes (seed {seed}{px}), label: object count",
                               s)
     if dataset not in LABELLED_DATASETS:

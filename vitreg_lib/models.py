@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import to_rgb8
+from .data import scene_kwargs, to_rgb8
 
 T = TypeVar("T")
 
@@ -526,6 +526,19 @@ def training_log(name: str) -> list[dict]:
     if not path.is_file():
         raise ModelUnavailableError(f"No training log for {name} at {path}.")
     return json.loads(path.read_text())
+
+
+def training_scenes(name: str) -> dict:
+    """The :func:`vitreg_lib.data.make_scenes` options of a mini's training data, read
+    from its bundled config (no weights loaded): the scenes to draw for it."""
+    spec = get_spec(name)
+    if spec.tier != "mini":
+        raise ValueError(f"{name} is a pretrained model: it was not trained on the course's scenes. "
+                         f"Mini models: {', '.join(model_names('mini'))}.")
+    path = mini_dir(spec) / "config.json"
+    if not path.is_file():
+        raise ModelUnavailableError(f"No bundled config for {name} at {path}. Reinstall the package.")
+    return scene_kwargs(json.loads(path.read_text()).get("data", {}))
 
 
 def _load_mini(spec: ModelSpec) -> LoadedModel:
