@@ -151,3 +151,40 @@ def test_one_population_and_photos_without_masks():
     assert photos.startswith("no outlier mode — no empty gap") and "without object masks" in photos
     with pytest.raises(ValueError, match="shape"):
         mode_split(maps, HistogramGap(), objects[:2])
+
+
+def test_norms_by_content_puts_each_patch_in_one_group():
+    """Chapter 1's split histograms: object and background patches where the content is
+    known (the scenes), photo patches elsewhere; every patch counted once."""
+    from vitreg_lib.outliers import norms_by_content
+
+    maps = np.arange(2 * 2 * 3, dtype=float).reshape(2, 2, 3)
+    objects = np.zeros(maps.shape, bool)
+    objects[1, 0, :2] = True
+    known = np.zeros(maps.shape, bool)
+    known[1] = True  # image 1 is a scene, image 0 a photo
+    groups = norms_by_content(maps, objects, known)
+    assert groups["object"].tolist() == [6.0, 7.0] and groups["background"].tolist() == [8.0, 9.0, 10.0, 11.0]
+    assert groups["photo"].tolist() == list(range(6))
+    assert norms_by_content(maps)["photo"].size == 12 and norms_by_content(maps)["object"].size == 0
+    assert norms_by_content(maps, objects)["photo"].size == 0  # objects without known: all known
+    with pytest.raises(ValueError, match="must have the maps' shape"):
+        norms_by_content(maps, objects[:1])
+
+
+def test_top_norms_on_background_is_the_share_of_the_top_decile_on_background():
+    """Chapter 5's column: of the patches above the top percentile of the chosen images'
+    last-block norms, the share (%) with no object pixel."""
+    import torch
+
+    from vitreg_lib.features import Features, TokenLayout
+    from vitreg_lib.outliers import top_norms_on_background
+
+    tokens = torch.zeros(2, 1 + 4, 3)  # two images: [CLS] and 2x2 patches, 3 channels
+    tokens[1, 1:, 0] = torch.tensor([1.0, 2.0, 3.0, 10.0])  # image 1's patch norms
+    tokens[0, 1:, 0] = 50.0  # image 0 is left out by ``indices``
+    f = Features("toy", TokenLayout(num_cls=1, num_registers=0, grid=(2, 2), patch_size=1), 1, {0: tokens})
+    objects_in_patch_1 = np.array([[[0.0, 0.5], [0.0, 0.0]]])
+    objects_in_patch_3 = np.array([[[0.0, 0.0], [0.0, 1.0]]])
+    assert top_norms_on_background(f, objects_in_patch_1, [1], top=70) == 100.0  # the 10 sits on background
+    assert top_norms_on_background(f, objects_in_patch_3, [1], top=70) == 0.0

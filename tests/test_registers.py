@@ -688,3 +688,21 @@ def test_fix_effect_reads_what_the_fix_did(x):
     assert same.loc["[CLS]: mean cosine with itself", "after"] == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="same images"):
         R.fix_effect(before, extract(lm, many[:5], layers=[-1]), labels)
+
+
+def test_effects_by_model_runs_each_model_on_its_targets():
+    """Chapter 5's controls table: every model of the mapping, each on its own targets, in
+    one table, the same rows as control_effects model by model."""
+    from vitreg_lib.controls import control_effects, effects_by_model
+    from vitreg_lib.data import make_scenes
+    from vitreg_lib.models import load_model
+
+    scenes = make_scenes(12, seed=6)
+    images, labels = scenes.pil(), scenes.label("count")
+    kw = dict(controls=["zeros"], seed=1, batch_size=8)
+    table = effects_by_model({"mini_reg4": ("registers", "cls"), "mini_reg1": ("registers",)}, images, labels,
+                             **kw)
+    assert table[["model", "target"]].drop_duplicates().values.tolist() == [
+        ["mini_reg4", "registers"], ["mini_reg4", "cls"], ["mini_reg1", "registers"]]
+    alone = control_effects(load_model("mini_reg1"), images, labels, target="registers", **kw)
+    pd.testing.assert_frame_equal(table[table["model"] == "mini_reg1"].reset_index(drop=True), alone)

@@ -35,7 +35,7 @@ noise generator is seeded when the context opens, so a second pass draws new noi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -343,6 +343,20 @@ def control_effects(lm: LoadedModel, images, labels, *, target: str = "registers
         with replace_tokens(lm, control, target, calibration, seed=seed):
             results[control] = _scores_under(lm, x, images, boxes, task, frozen, **run)
     return _tidy(lm, target, task, results, tolerance, seed)
+
+
+def effects_by_model(targets: Mapping[str, Sequence[str]], images, labels, *, device: str = "cpu",
+                     **kwargs) -> pd.DataFrame:
+    """:func:`control_effects` of each registry model of ``targets`` (name -> the tokens
+    it controls, e.g. ``("registers", "cls")``) on the same images, one model in memory at
+    a time, in one table. ``kwargs`` go to :func:`control_effects`."""
+    from .models import each_model
+
+    def run(lm: LoadedModel) -> pd.DataFrame:
+        return pd.concat([control_effects(lm, images, labels, target=t, **kwargs) for t in targets[lm.name]],
+                         ignore_index=True)
+
+    return pd.concat(each_model(targets, run, device=device).values(), ignore_index=True)
 
 
 def _tidy(lm: LoadedModel, target: str, task: _Task, results: dict, tolerance: float,

@@ -17,6 +17,7 @@ given, and every result names its rule and parameters:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -230,6 +231,16 @@ def background_share(mask: np.ndarray, foreground: np.ndarray) -> dict:
                 background_overall=float(background.mean()))
 
 
+def top_norms_on_background(features, foreground: np.ndarray, indices: Sequence[int],
+                            top: float = 90.0, layer=-1) -> float:
+    """Share (%) of the largest patch norms (above the ``top`` percentile of the images
+    ``indices`` at ``layer``) that sit on background patches (no object pixel):
+    where the high norms are, with or without an outlier mode. ``foreground``:
+    ``[len(indices), rows, cols]``, each patch's share of object pixels (the scenes')."""
+    mask = detect(patch_norm_maps(features, layer)[list(indices)], Percentile(top)).mask
+    return 100 * background_share(mask, foreground)["on_background"]
+
+
 def layer_norms(features, layers, rule: Rule) -> tuple[dict, dict]:
     """Patch-norm maps and the rule's threshold for each of ``layers``."""
     norms = {layer: patch_norm_maps(features, layer) for layer in layers}
@@ -298,6 +309,23 @@ def mode_split(maps: np.ndarray, rule: Rule, objects: np.ndarray | None = None,
                flagged_on_background=float(bg[flagged].mean()) if flagged.any() else float("nan"))
     out["object_mode"] = out["object_median"] >= OBJECT_MODE_RATIO * out["background_median"]
     return out
+
+
+def norms_by_content(maps: np.ndarray, objects: np.ndarray | None = None,
+                     known: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The patch norms of ``maps`` split by what the patches hold, as :func:`mode_split`
+    reads ``objects`` and ``known``: ``"background"`` and ``"object"`` (patches whose
+    content is known) and ``"photo"`` (the rest, e.g. photos without masks). Without
+    ``objects`` every patch is a ``"photo"`` patch. Each patch is in exactly one group."""
+    norms = np.asarray(maps, dtype=np.float64)
+    if objects is None:
+        objects, known = np.zeros(norms.shape, bool), np.zeros(norms.shape, bool)
+    objects = np.asarray(objects, dtype=bool)
+    known = np.ones(objects.shape, bool) if known is None else np.asarray(known, dtype=bool)
+    if objects.shape != norms.shape or known.shape != norms.shape:
+        raise ValueError(f"objects {objects.shape} and known {known.shape} must have the maps' shape "
+                         f"{norms.shape}.")
+    return {"background": norms[known & ~objects], "object": norms[known & objects], "photo": norms[~known]}
 
 
 def describe_modes(split: dict, what: str = "") -> str:
