@@ -5,9 +5,11 @@
     python tools/bench_publish.py --chapters 05_registers,06_test_time_registers --work DIR
         # only these chapters, each alone with a cold feature cache (no HTML): an upper
         # bound of what each costs inside a build, to remeasure a chapter after a change
-    python tools/bench_publish.py --profile full --chapters 03_redundant_patches --work DIR
+    python tools/bench_publish.py --profile full --chapters 03_redundant_patches \
+        --cell-timeout 10800 --work DIR
         # a chapter of the full profile (the GPU readers' sizes) on this CPU: its peak RAM
-        # (the 8-GB budget holds in every profile); its minutes say nothing of a GPU
+        # (the 8-GB budget holds in every profile); its minutes say nothing of a GPU, and
+        # its cells outlast the build's 30-min limit on a CPU
 
 The hub and the dataset hosts are out of reach here, so the benchmark plants what a runner
 would download (``tools/plant.py``): random weights of every model of the profile saved
@@ -109,7 +111,7 @@ def torch_threads() -> int:
 
 
 def chapters_alone(names: list[str], work: Path, env: dict, smoke: bool, plant_min: float,
-                   profile: str = "publish") -> int:
+                   profile: str = "publish", cell_timeout: int = build_book.CELL_TIMEOUT_S) -> int:
     """Run each named chapter alone, with no feature cache (so: at most its cost in a
     build, where earlier chapters may have filled the cache), and report as :func:`main`."""
     wanted = {Path(nb).stem: nb for nb in build_book.notebooks()}
@@ -129,7 +131,8 @@ def chapters_alone(names: list[str], work: Path, env: dict, smoke: bool, plant_m
         mode, t0 = "smoke" if smoke else "full", time.time()
         runs = []
         for n in names:  # each chapter's line is written as it ends: a long run killed midway keeps them
-            runs.append(build_book.execute(wanted[n], out, mode, "pretrained", "vitreg", profile))
+            runs.append(build_book.execute(wanted[n], out, mode, "pretrained", "vitreg", profile,
+                                           cell_timeout))
             (work / f"bench_{profile}_alone.json").write_text(json.dumps(dict(runs=runs, machine=machine()),
                                                                       indent=1))
     finally:
@@ -147,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chapters", help="comma-separated notebook names: run only these, each alone and cold")
     p.add_argument("--profile", default="publish", choices=("publish", "full"),
                    help="the pretrained profile (full: only with --chapters, for its memory)")
+    p.add_argument("--cell-timeout", type=int, default=build_book.CELL_TIMEOUT_S,
+                   help="seconds a cell may run (default: the build's); the full profile on a CPU "
+                        "needs hours")
     args = p.parse_args(argv)
     if args.profile != "publish" and not args.chapters:
         p.error("--profile full measures chapters one by one: give --chapters too")
@@ -156,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     env = plant_all(work, args.smoke, args.profile)
     plant_min = (time.time() - t0) / 60
     if args.chapters:
-        return chapters_alone(args.chapters.split(","), work, env, args.smoke, plant_min, args.profile)
+        return chapters_alone(args.chapters.split(","), work, env, args.smoke, plant_min, args.profile,
+                              args.cell_timeout)
     out = work / "build"
     if out.exists():  # a benchmark starts cold: no feature cache or results from an earlier build
         shutil.rmtree(out)

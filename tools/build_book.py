@@ -120,7 +120,8 @@ def chapter_table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def execute(nb: str, out: Path, mode: str, tier: str, kernel: str, profile: str = "full") -> dict:
+def execute(nb: str, out: Path, mode: str, tier: str, kernel: str, profile: str = "full",
+            cell_timeout: int = CELL_TIMEOUT_S) -> dict:
     import papermill as pm
 
     target = out / "executed" / nb
@@ -133,11 +134,11 @@ def execute(nb: str, out: Path, mode: str, tier: str, kernel: str, profile: str 
             pm.execute_notebook(str(ROOT / nb), str(target),
                                 parameters=dict(smoke=mode == "smoke", tier=tier, profile=profile),
                                 kernel_name=kernel, cwd=str(ROOT), progress_bar=False,
-                                execution_timeout=CELL_TIMEOUT_S)
+                                execution_timeout=cell_timeout)
         except pm.PapermillExecutionError as err:
             status = f"failed in cell {err.exec_count}: {err.ename}: {err.evalue}"
         except TimeoutError as err:  # nbclient's CellTimeoutError derives from it
-            status = f"a cell ran past {CELL_TIMEOUT_S} s: {err}"
+            status = f"a cell ran past {cell_timeout} s: {err}"
     return dict(notebook=nb, status=status, seconds=round(time.time() - t0, 1), mode=mode, tier=tier,
                 profile=profile, peak_gb=peak.gb,
                 cache_saved_s=round(cache_savings(out, tier) - hits_before, 1),
