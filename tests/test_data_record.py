@@ -446,7 +446,7 @@ def test_the_offline_chapters_draw_the_scenes_the_minis_were_trained_on():
     assert s.scene["max_objects"] == 4 and s.scene["separate"] is True
     assert all(training_scenes(m) == s.scene for m in MINI_FAMILY)
     assert settings("pretrained", smoke=True, device="cpu").scene == {}
-    with pytest.raises(ValueError, match="not trained on the course's scenes"):
+    with pytest.raises(ValueError, match="dinov2_s is a pretrained model"):
         training_scenes("dinov2_s")
     drawn = labelled_images("scenes", 64, seed=3, scene=s.scene)
     assert drawn.labels.max() == 3 and drawn.scenes.size == 32  # 4 objects: label = count - 1

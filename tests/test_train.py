@@ -62,7 +62,7 @@ def test_log_table_and_bundled_logs():
     t = log_table(log)
     assert len(t) == len(log) * len(log[0]["layers"])
     assert (t["max_over_median"] >= 1).all() and t["fraction"].max() == 1.0
-    with pytest.raises(ValueError, match="no training log"):
+    with pytest.raises(ValueError, match="only the minis ship a training log"):
         training_log("dinov2_s")
 
 

@@ -516,29 +516,28 @@ def mini_dir(spec: ModelSpec) -> Path:
     return ASSETS / spec.source
 
 
-def training_log(name: str) -> list[dict]:
-    """The training log bundled with a mini model (see :mod:`vitreg_lib.train`)."""
+def _bundled_json(name: str, file: str, what: str):
+    """A JSON file bundled with mini model ``name`` (``what`` it is, for the errors)."""
     spec = get_spec(name)
     if spec.tier != "mini":
-        raise ValueError(f"{name} is a pretrained model: no training log ships with it. "
+        raise ValueError(f"{name} is a pretrained model: only the minis ship {what}. "
                          f"Mini models: {', '.join(model_names('mini'))}.")
-    path = mini_dir(spec) / "log.json"
+    path = mini_dir(spec) / file
     if not path.is_file():
-        raise ModelUnavailableError(f"No training log for {name} at {path}.")
+        raise ModelUnavailableError(f"{name}'s {file} ({what}) is missing at {path}. Reinstall the package.")
     return json.loads(path.read_text())
+
+
+def training_log(name: str) -> list[dict]:
+    """The training log bundled with a mini model (see :mod:`vitreg_lib.train`)."""
+    return _bundled_json(name, "log.json", "a training log")
 
 
 def training_scenes(name: str) -> dict:
     """The :func:`vitreg_lib.data.make_scenes` options of a mini's training data, read
-    from its bundled config (no weights loaded): the scenes to draw for it."""
-    spec = get_spec(name)
-    if spec.tier != "mini":
-        raise ValueError(f"{name} is a pretrained model: it was not trained on the course's scenes. "
-                         f"Mini models: {', '.join(model_names('mini'))}.")
-    path = mini_dir(spec) / "config.json"
-    if not path.is_file():
-        raise ModelUnavailableError(f"No bundled config for {name} at {path}. Reinstall the package.")
-    return scene_kwargs(json.loads(path.read_text()).get("data", {}))
+    from its bundled config (no weights loaded): the scenes to draw for it (a
+    pretrained model was not trained on the course's scenes: an error)."""
+    return scene_kwargs(_bundled_json(name, "config.json", "the scenes they were trained on").get("data", {}))
 
 
 def _load_mini(spec: ModelSpec) -> LoadedModel:
