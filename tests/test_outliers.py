@@ -188,3 +188,21 @@ def test_top_norms_on_background_is_the_share_of_the_top_decile_on_background():
     objects_in_patch_3 = np.array([[[0.0, 0.0], [0.0, 1.0]]])
     assert top_norms_on_background(f, objects_in_patch_1, [1], top=70) == 100.0  # the 10 sits on background
     assert top_norms_on_background(f, objects_in_patch_3, [1], top=70) == 0.0
+
+
+def test_rules_table_is_one_row_per_model_and_rule():
+    """Chapter 1's table of the three rules: indexed by model and rule, the flagged share
+    and count as summarize gives them, a ratio only where something is flagged."""
+    import torch
+
+    from vitreg_lib.features import Features, TokenLayout
+    from vitreg_lib.outliers import Absolute, rules_table, summarize
+
+    tokens = torch.zeros(1, 1 + 4, 2)
+    tokens[0, 1:, 0] = torch.tensor([1.0, 1.0, 1.0, 100.0])
+    f = Features("toy", TokenLayout(num_cls=1, num_registers=0, grid=(2, 2), patch_size=1), 1, {0: tokens})
+    table = rules_table({"toy": f}, [Absolute(50), Absolute(500)])
+    assert list(table.index) == [("toy", "norm > 50"), ("toy", "norm > 500")]
+    assert table["flagged"].tolist() == [1, 0] and table["flagged (%)"].tolist() == [25.0, 0.0]
+    assert table.loc[("toy", "norm > 50"), "ratio"] == summarize(f, -1, Absolute(50))["norm_ratio"] == 100.0
+    assert np.isnan(table.loc[("toy", "norm > 500"), "ratio"])

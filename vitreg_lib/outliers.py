@@ -17,7 +17,7 @@ given, and every result names its rule and parameters:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -203,6 +203,18 @@ def summarize(features, layer, rule: Rule) -> dict:
     if features.layout.num_cls:
         out["cls_norm_mean"] = float(token_norms(features.cls(layer)).mean())
     return out
+
+
+def rules_table(features: Mapping[str, object], rules: Sequence[Rule], layer=-1) -> pd.DataFrame:
+    """:func:`summarize` of each model under each rule at ``layer``, as a table narrow
+    enough for the book's column: one row per model and rule (the index), the threshold,
+    the share and count of flagged patches and the median norms (the ratio is NaN where
+    nothing is flagged)."""
+    rows = [summarize(f, layer, r) for f in features.values() for r in rules]
+    names = dict(threshold="threshold", outlier_pct="flagged (%)", outliers="flagged",
+                 median_normal="median norm, rest", median_outlier="median norm, flagged",
+                 norm_ratio="ratio")
+    return pd.DataFrame(rows).set_index(["model", "rule"])[list(names)].rename(columns=names)
 
 
 def attention_share(attention_maps: torch.Tensor | np.ndarray, mask: np.ndarray) -> dict:
