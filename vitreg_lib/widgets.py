@@ -2,10 +2,11 @@
 (Colab, Jupyter).
 
 A static page runs no Python, so in the book these widgets show nothing (their cells are
-tagged ``remove-output``). Every notebook also draws the explorer's default view with
-:func:`explorer_view` (the very function the widget calls) as a plain figure, and
-:func:`vitreg_lib.explorer.show` gives the book an explorer that runs in the page itself:
-the same norms, rule and attention, precomputed for every layer and drawn by plotly.js.
+tagged ``remove-output``); :func:`vitreg_lib.explorer.show` gives the book an explorer that
+runs in the page itself: the same norms, rule and attention, precomputed for every layer
+and drawn by plotly.js. :func:`explorer_view` and :func:`attention_view` (the very
+functions the widgets call) draw one view as a plain figure, for a script or a page of
+your own.
 """
 
 from __future__ import annotations
