@@ -220,7 +220,7 @@ def extract(lm: LoadedModel, images: torch.Tensor | Sequence[Image.Image],
     """
     options = dict(final=final, attention=attention, mlp=mlp, embeddings=embeddings, mid=mid,
                    received=received, keys=keys)
-    if feature_cache.folder() is None or lm.extra_tokens or not feature_cache.cacheable(lm.model) or mlp:
+    if feature_cache.folder() is None or mlp:  # which models are cacheable: feature_cache.through
         # MLP activations are never cached: 4x the width of the tokens, at many layers
         # (a register-neuron search of ViT-L would write ~600 MB per batch of 8 images)
         return _extract(lm, images, layers, batch_size=batch_size, progress=progress, **options)

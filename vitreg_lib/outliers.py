@@ -284,6 +284,17 @@ def describe_outliers(summary: dict) -> str:
 OBJECT_MODE_RATIO = 1.25
 
 
+def _content(norms: np.ndarray, objects, known) -> tuple[np.ndarray, np.ndarray]:
+    """``objects`` and ``known`` as boolean arrays of the maps' shape (``known``: all of
+    them by default), as :func:`mode_split` and :func:`norms_by_content` read them."""
+    objects = np.asarray(objects, dtype=bool)
+    known = np.ones_like(objects) if known is None else np.asarray(known, dtype=bool)
+    if objects.shape != norms.shape or known.shape != norms.shape:
+        raise ValueError(f"objects {objects.shape} and known {known.shape} must have the maps' shape "
+                         f"{norms.shape}.")
+    return objects, known
+
+
 def mode_split(maps: np.ndarray, rule: Rule, objects: np.ndarray | None = None,
                known: np.ndarray | None = None) -> dict:
     """What the upper part of a norm histogram is. ``maps``: patch norms ``[B, rows,
@@ -305,11 +316,7 @@ def mode_split(maps: np.ndarray, rule: Rule, objects: np.ndarray | None = None,
                flagged_pct=100 * res.fraction, outlier_mode=bool(res.fraction > 0), objects_known=False)
     if objects is None:
         return out
-    objects = np.asarray(objects, dtype=bool)
-    known = np.ones_like(objects) if known is None else np.asarray(known, dtype=bool)
-    if objects.shape != norms.shape or known.shape != norms.shape:
-        raise ValueError(f"objects {objects.shape} and known {known.shape} must have the maps' shape "
-                         f"{norms.shape}.")
+    objects, known = _content(norms, objects, known)
     ob, bg = objects & known, ~objects & known
     if not ob.any() or not bg.any():
         return out
@@ -332,11 +339,7 @@ def norms_by_content(maps: np.ndarray, objects: np.ndarray | None = None,
     norms = np.asarray(maps, dtype=np.float64)
     if objects is None:
         objects, known = np.zeros(norms.shape, bool), np.zeros(norms.shape, bool)
-    objects = np.asarray(objects, dtype=bool)
-    known = np.ones(objects.shape, bool) if known is None else np.asarray(known, dtype=bool)
-    if objects.shape != norms.shape or known.shape != norms.shape:
-        raise ValueError(f"objects {objects.shape} and known {known.shape} must have the maps' shape "
-                         f"{norms.shape}.")
+    objects, known = _content(norms, objects, known)
     return {"background": norms[known & ~objects], "object": norms[known & objects], "photo": norms[~known]}
 
 
